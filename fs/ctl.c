@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fs/ctl.c - the control socket of a mounted store (wire format in
+ * ctl_proto.h).  One thread accepts connections and serves one request
+ * each; a peer that is neither root nor the daemon's uid is refused, and a
+ * malformed request gets an error reply without disturbing the daemon.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ctl_proto.h"
+#include "fs_int.h"
+
+struct reply {
+	char *buf;
+	size_t len, cap;
+};
+
+static void rprintf(struct reply *r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void rprintf(struct reply *r, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(r->buf ? r->buf + r->len : NULL,
+			      r->buf ? r->cap - r->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if (r->buf && r->len + (size_t)n < r->cap) {
+			r->len += (size_t)n;
+			return;
+		}
+		{
+			size_t cap = (r->cap ? r->cap : 256) * 2;
+			char *nb;
+
+			while (cap < r->len + (size_t)n + 1)
+				cap *= 2;
+			if (cap > CTL_MAX_REPLY)
+				return;
+			nb = realloc(r->buf, cap);
+			if (!nb)
+				return;
+			r->buf = nb;
+			r->cap = cap;
+		}
+	}
+}
+
+static int do_stats(struct fs *fs, struct reply *r)
+{
+	struct snap_stats st;
+	int ret = snap_stats(fs->s, &st);
+
+	if (ret < 0)
+		return ret;
+	rprintf(r, "logical_bytes %llu\n", (unsigned long long)st.logical_bytes);
+	rprintf(r, "stored_bytes %llu\n", (unsigned long long)st.stored_bytes);
+	rprintf(r, "blocks %llu\n", (unsigned long long)st.blocks);
+	rprintf(r, "refs %llu\n", (unsigned long long)st.refs);
+	rprintf(r, "gc_pending %llu\n", (unsigned long long)st.gc_pending);
+	rprintf(r, "db_bytes %llu\n", (unsigned long long)st.db_bytes);
+	rprintf(r, "branches %llu\n", (unsigned long long)st.branches);
+	rprintf(r, "snapshots %llu\n", (unsigned long long)st.snapshots);
+	rprintf(r, "open_files %zu\n", snap_open_count(fs->s, 0));
+	return 0;
+}
+
+/* Run one request; returns the status to send. */
+static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
+{
+	if (argc == 1 && strcmp(argv[0], "ping") == 0) {
+		rprintf(r, "pid %d\n", (int)getpid());
+		return 0;
+	}
+	if (argc == 1 && strcmp(argv[0], "stats") == 0)
+		return do_stats(fs, r);
+	if (argc == 1 && strcmp(argv[0], "gc") == 0) {
+		int ret = snap_gc(fs->s, 0);
+
+		if (ret == 0)
+			ret = snap_sync(fs->s);
+		return ret;
+	}
+	rprintf(r, "unknown request '%s'\n", argc ? argv[0] : "");
+	return -EINVAL;
+}
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -EPROTO;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static void write_full(int fd, const void *buf, size_t n)
+{
+	size_t done = 0;
+
+	while (done < n) {
+		ssize_t w = send(fd, (const char *)buf + done, n - done,
+				 MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return;
+		done += (size_t)w;
+	}
+}
+
+static void serve_one(struct fs *fs, int c)
+{
+	struct reply r = { 0 };
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct timeval tv = { .tv_sec = 5 };
+	unsigned char hdr[8];
+	char *req = NULL, *argv[CTL_MAX_WORDS];
+	uint32_t n;
+	int argc = 0, status;
+
+	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
+	    (cred.uid != 0 && cred.uid != getuid())) {
+		rprintf(&r, "permission denied: not the owner of the store\n");
+		status = -EACCES;
+		goto reply;
+	}
+	if (read_full(c, hdr, 4) < 0) {
+		status = -EPROTO;
+		goto out; /* nothing to answer */
+	}
+	n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+	    ((uint32_t)hdr[2] << 8) | hdr[3];
+	if (n == 0 || n > CTL_MAX_REQUEST) {
+		rprintf(&r, "bad request length %u\n", n);
+		status = -EINVAL;
+		goto reply;
+	}
+	req = malloc(n + 1);
+	if (!req) {
+		status = -ENOMEM;
+		goto reply;
+	}
+	if (read_full(c, req, n) < 0) {
+		rprintf(&r, "truncated request\n");
+		status = -EINVAL;
+		goto reply;
+	}
+	req[n] = 0;
+	for (size_t i = 0; i < n && argc < CTL_MAX_WORDS;) {
+		argv[argc++] = req + i;
+		i += strlen(req + i) + 1;
+	}
+	status = dispatch(fs, argc, argv, &r);
+reply:
+	hdr[0] = (unsigned char)((uint32_t)status >> 24);
+	hdr[1] = (unsigned char)((uint32_t)status >> 16);
+	hdr[2] = (unsigned char)((uint32_t)status >> 8);
+	hdr[3] = (unsigned char)status;
+	hdr[4] = (unsigned char)(r.len >> 24);
+	hdr[5] = (unsigned char)(r.len >> 16);
+	hdr[6] = (unsigned char)(r.len >> 8);
+	hdr[7] = (unsigned char)r.len;
+	write_full(c, hdr, 8);
+	if (r.len)
+		write_full(c, r.buf, r.len);
+out:
+	free(req);
+	free(r.buf);
+}
+
+static void *ctl_main(void *arg)
+{
+	struct fs *fs = arg;
+
+	for (;;) {
+		struct pollfd p[2] = { { fs->ctl_fd, POLLIN, 0 },
+				       { fs->ctl_wake[0], POLLIN, 0 } };
+		int c;
+
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p[1].revents)
+			break;
+		c = accept4(fs->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		serve_one(fs, c);
+		close(c);
+	}
+	return NULL;
+}
+
+int ctl_start(struct fs *fs, const char *store)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int dfd, ret;
+	mode_t old;
+
+	fs->ctl_fd = -1;
+	fs->ctl_wake[0] = fs->ctl_wake[1] = -1;
+	dfd = open(store, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	/* Paths of any length: bind through /proc/self/fd. */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dfd,
+		 CTL_SOCK_NAME);
+	unlinkat(dfd, CTL_SOCK_NAME, 0); /* stale: we hold the store lock */
+	fs->ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fs->ctl_fd < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	old = umask(0177);
+	ret = bind(fs->ctl_fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (ret < 0 || fchmodat(dfd, CTL_SOCK_NAME, 0600, 0) < 0 ||
+	    listen(fs->ctl_fd, 16) < 0) {
+		ret = -errno;
+		fs_log("control socket: %s", strerror(errno));
+		goto out_close;
+	}
+	if (pipe2(fs->ctl_wake, O_CLOEXEC) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	fs->ctl_path = malloc(strlen(store) + sizeof(CTL_SOCK_NAME) + 2);
+	if (!fs->ctl_path) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	sprintf(fs->ctl_path, "%s/%s", store, CTL_SOCK_NAME);
+	ret = pthread_create(&fs->ctl_thread, NULL, ctl_main, fs);
+	if (ret) {
+		ret = -ret;
+		goto out_close;
+	}
+	fs->ctl_running = true;
+	close(dfd);
+	return 0;
+out_close:
+	if (fs->ctl_fd >= 0)
+		close(fs->ctl_fd);
+	fs->ctl_fd = -1;
+	unlinkat(dfd, CTL_SOCK_NAME, 0);
+	close(dfd);
+	free(fs->ctl_path);
+	fs->ctl_path = NULL;
+	return ret;
+}
+
+void ctl_stop(struct fs *fs)
+{
+	if (fs->ctl_running) {
+		if (write(fs->ctl_wake[1], "x", 1) < 0)
+			fs_log("control socket: wake-up failed");
+		pthread_join(fs->ctl_thread, NULL);
+		fs->ctl_running = false;
+	}
+	if (fs->ctl_fd >= 0)
+		close(fs->ctl_fd);
+	fs->ctl_fd = -1;
+	for (int i = 0; i < 2; i++)
+		if (fs->ctl_wake[i] >= 0)
+			close(fs->ctl_wake[i]);
+	if (fs->ctl_path) {
+		unlink(fs->ctl_path);
+		free(fs->ctl_path);
+		fs->ctl_path = NULL;
+	}
+}

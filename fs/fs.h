@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fs/fs.h - the FUSE daemon of a store, and its control socket.
+ *
+ * Node ids: (tree id << SNAP_INO_BITS) | ino.  Node 1 is the synthetic mount
+ * root (tree 0), listing one directory per branch plus ".snapshots"; node 2
+ * is ".snapshots", listing one read-only directory per snapshot.  st_ino is
+ * the node id, so it is unique across the branches of a mount.
+ */
+#ifndef BFS_FS_H
+#define BFS_FS_H
+
+#include <stdbool.h>
+
+struct snap;
+
+struct fs_opts {
+	const char *store;      /* store directory (absolute) */
+	const char *mountpoint; /* absolute */
+	const char *options;    /* extra -o options, may be NULL */
+	bool foreground;
+	bool debug;
+	int ready_fd;           /* written once the mount is live, or -1 */
+};
+
+/*
+ * Serve @s at o->mountpoint until unmounted or signalled.  Writes one
+ * status byte to o->ready_fd once the mount is live (0) or the mount failed
+ * (errno value) and closes it.  Returns 0 after a clean unmount, else a
+ * negative errno.  @s stays owned by the caller.
+ */
+int fs_serve(struct snap *s, const struct fs_opts *o);
+
+#endif /* BFS_FS_H */

@@ -1,0 +1,861 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kv/kv.c - RocksDB wrapper: open/close, point reads, write batches,
+ * group-committed syncs, iterators, logging, compaction.
+ *
+ * Content-addressed blocks, GC and statistics live in kv/block.c, the
+ * refcount merge operator in kv/merge.c, fault injection in kv/fault.c.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kv_int.h"
+
+static const char *const cf_names[KV_CF_COUNT] = {
+	[KV_CF_SYS] = "default",
+	[KV_CF_META] = "meta",
+	[KV_CF_BLOCKS] = "blocks",
+	[KV_CF_REFS] = "refs",
+};
+
+/* ---- logging and error translation ----------------------------------- */
+
+void kv_log(const char *fmt, ...)
+{
+	char buf[2048];
+	int saved_errno = errno;
+	struct tm tm;
+	time_t now = time(NULL);
+	size_t n, room;
+	ssize_t wr;
+	va_list ap;
+	int m;
+
+	localtime_r(&now, &tm);
+	n = strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S branchfs: ", &tm);
+	room = sizeof(buf) - n - 1; /* keep one byte for the newline */
+	va_start(ap, fmt);
+	m = vsnprintf(buf + n, room, fmt, ap);
+	va_end(ap);
+	if (m < 0)
+		m = 0;
+	if ((size_t)m >= room)
+		m = (int)room - 1; /* truncated */
+	n += (size_t)m;
+	if (n == 0 || buf[n - 1] != '\n')
+		buf[n++] = '\n';
+	/* One write() so that lines from several threads never interleave. */
+	wr = write(STDERR_FILENO, buf, n);
+	(void)wr;
+	errno = saved_errno;
+}
+
+int kv_rocks_errno(const char *what, char *err)
+{
+	int ret = strstr(err, "No space left") ? -ENOSPC : -EIO;
+
+	kv_log("rocksdb %s: %s", what, err);
+	rocksdb_free(err);
+	return ret;
+}
+
+/* kv_open's finer translation: the caller wants to know whether the
+ * database is missing, exists, is busy or is not one of ours. */
+static int kv_open_errno(const char *dbdir, char *err)
+{
+	int ret;
+
+	if (strstr(err, "No space left"))
+		ret = -ENOSPC;
+	else if (strstr(err, "error_if_exists"))
+		ret = -EEXIST;
+	else if (strstr(err, "does not exist") ||
+		 strstr(err, "No such file or directory"))
+		ret = -ENOENT;
+	else if (strstr(err, "lock") &&
+		 (strstr(err, "Resource temporarily unavailable") ||
+		  strstr(err, "lock hold by current process")))
+		ret = -EBUSY;
+	else if (strstr(err, "Permission denied"))
+		ret = -EACCES;
+	else if (!strncmp(err, "Invalid argument", 16))
+		ret = -EINVAL;
+	else
+		ret = -EIO;
+	kv_log("rocksdb open %s: %s", dbdir, err);
+	rocksdb_free(err);
+	return ret;
+}
+
+/* ---- options ---------------------------------------------------------- */
+
+#define KV_MIB ((size_t)1 << 20)
+
+struct cf_tuning {
+	size_t write_buffer;
+	int compression;
+	bool bloom;
+};
+
+/*
+ * Memory: one 64 MiB LRU block cache shared by every family; memtables
+ * capped at 96 MiB in total (db_write_buffer_size) with at most two per
+ * family; index and filter blocks stay in the table readers.
+ */
+static const struct cf_tuning cf_tuning[KV_CF_COUNT] = {
+	[KV_CF_SYS] = { 4 * KV_MIB, rocksdb_lz4_compression, false },
+	[KV_CF_META] = { 32 * KV_MIB, rocksdb_lz4_compression, true },
+	/* values are zstd frames or incompressible raw blocks */
+	[KV_CF_BLOCKS] = { 32 * KV_MIB, rocksdb_no_compression, true },
+	/* 16-byte hashes and counts: nothing to gain */
+	[KV_CF_REFS] = { 8 * KV_MIB, rocksdb_no_compression, true },
+};
+
+static void kv_options_destroy(struct kv *kv)
+{
+	for (int i = 0; i < KV_CF_COUNT; i++) {
+		if (kv->cf_opts[i])
+			rocksdb_options_destroy(kv->cf_opts[i]);
+		kv->cf_opts[i] = NULL;
+	}
+	if (kv->db_opts)
+		rocksdb_options_destroy(kv->db_opts);
+	kv->db_opts = NULL;
+	if (kv->ropts)
+		rocksdb_readoptions_destroy(kv->ropts);
+	kv->ropts = NULL;
+	if (kv->wopts)
+		rocksdb_writeoptions_destroy(kv->wopts);
+	kv->wopts = NULL;
+	if (kv->cache)
+		rocksdb_cache_destroy(kv->cache);
+	kv->cache = NULL;
+}
+
+static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
+{
+	rocksdb_options_t *o;
+	bool create = flags & KV_CREATE;
+
+	kv->cache = rocksdb_cache_create_lru(64 * KV_MIB);
+
+	o = kv->db_opts = rocksdb_options_create();
+	rocksdb_options_set_create_if_missing(o, create);
+	rocksdb_options_set_error_if_exists(o, create);
+	rocksdb_options_set_create_missing_column_families(o, create);
+	rocksdb_options_set_max_background_jobs(o, 2);
+	rocksdb_options_set_db_write_buffer_size(o, 96 * KV_MIB);
+	/* Flush lightly written families so that old WAL files go away. */
+	rocksdb_options_set_max_total_wal_size(o, 128 * KV_MIB);
+	rocksdb_options_set_bytes_per_sync(o, KV_MIB);
+	rocksdb_options_set_keep_log_file_num(o, 4);
+	rocksdb_options_set_max_log_file_size(o, 8 * KV_MIB);
+
+	for (int i = 0; i < KV_CF_COUNT; i++) {
+		const struct cf_tuning *t = &cf_tuning[i];
+		rocksdb_block_based_table_options_t *bbto;
+
+		o = kv->cf_opts[i] = rocksdb_options_create();
+		rocksdb_options_set_write_buffer_size(o, t->write_buffer);
+		rocksdb_options_set_max_write_buffer_number(o, 2);
+		rocksdb_options_set_compression(o, t->compression);
+		rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
+
+		bbto = rocksdb_block_based_options_create();
+		rocksdb_block_based_options_set_block_cache(bbto, kv->cache);
+		if (t->bloom) /* the options take ownership of the policy */
+			rocksdb_block_based_options_set_filter_policy(
+				bbto, rocksdb_filterpolicy_create_bloom_full(10));
+		/* The table factory copies the table options. */
+		rocksdb_options_set_block_based_table_factory(o, bbto);
+		rocksdb_block_based_options_destroy(bbto);
+	}
+	/* The options own the operator from here on. */
+	rocksdb_options_set_merge_operator(kv->cf_opts[KV_CF_REFS],
+					   kv_refcount_merge_operator());
+
+	kv->ropts = rocksdb_readoptions_create();
+	kv->wopts = rocksdb_writeoptions_create();
+	rocksdb_writeoptions_set_sync(kv->wopts, 0);
+}
+
+/* ---- open / close ----------------------------------------------------- */
+
+static int kv_format_write(struct kv *kv)
+{
+	rocksdb_writeoptions_t *wo;
+	uint8_t v[4];
+	char *err = NULL;
+
+	bfs_put_u32(v, BFS_FORMAT_VERSION);
+	wo = rocksdb_writeoptions_create();
+	rocksdb_writeoptions_set_sync(wo, 1);
+	rocksdb_put_cf(kv->db, wo, kv->cf[KV_CF_SYS], BFS_KEY_FORMAT,
+		       strlen(BFS_KEY_FORMAT), (const char *)v, sizeof(v),
+		       &err);
+	rocksdb_writeoptions_destroy(wo);
+	return err ? kv_rocks_errno("write format", err) : 0;
+}
+
+static int kv_format_check(struct kv *kv)
+{
+	uint8_t v[4];
+	size_t vlen;
+	int ret;
+
+	ret = kv_get_internal(kv, KV_CF_SYS, BFS_KEY_FORMAT,
+			      strlen(BFS_KEY_FORMAT), v, sizeof(v), &vlen);
+	if (ret == -ENOENT) {
+		kv_log("%s: no format version recorded: not a branchfs store",
+		       kv->dbdir);
+		return -EINVAL;
+	}
+	if (ret)
+		return ret;
+	if (vlen != sizeof(v) || bfs_get_u32(v) != BFS_FORMAT_VERSION) {
+		kv_log("%s: unsupported store format (%zu bytes, version %u; "
+		       "this build knows %u)",
+		       kv->dbdir, vlen, vlen == sizeof(v) ? bfs_get_u32(v) : 0,
+		       BFS_FORMAT_VERSION);
+		return -EPROTONOSUPPORT;
+	}
+	return 0;
+}
+
+/*
+ * RocksDB creates the directory and an info LOG in it even when it then
+ * refuses to open a database that is not there: look before opening.
+ */
+static int kv_db_present(const char *dbdir)
+{
+	char *current;
+	struct stat st;
+	int ret = 0;
+
+	if (asprintf(&current, "%s/CURRENT", dbdir) < 0)
+		return -ENOMEM;
+	if (stat(current, &st)) {
+		ret = -errno;
+		if (ret == -ENOTDIR)
+			ret = -ENOENT;
+		kv_log("%s: not a database: %s", dbdir, strerror(-ret));
+	}
+	free(current);
+	return ret;
+}
+
+int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out)
+{
+	const rocksdb_options_t *cfo[KV_CF_COUNT];
+	struct kv *kv;
+	char *err = NULL;
+	int ret;
+
+	if (!dbdir || !out || ((flags & KV_CREATE) && (flags & KV_READONLY)))
+		return -EINVAL;
+	if (!(flags & KV_CREATE)) {
+		ret = kv_db_present(dbdir);
+		if (ret)
+			return ret;
+	}
+
+	kv = calloc(1, sizeof(*kv));
+	if (!kv)
+		return -ENOMEM;
+	kv->readonly = flags & KV_READONLY;
+	kv->dbdir = strdup(dbdir);
+	if (!kv->dbdir) {
+		ret = -ENOMEM;
+		goto out_free_kv;
+	}
+	ret = -pthread_rwlock_init(&kv->block_lock, NULL);
+	if (ret)
+		goto out_free_dbdir;
+	ret = -pthread_mutex_init(&kv->sync_lock, NULL);
+	if (ret)
+		goto out_destroy_block_lock;
+	ret = -pthread_cond_init(&kv->sync_cond, NULL);
+	if (ret)
+		goto out_destroy_sync_lock;
+
+	/* Errors after here must destroy the options. */
+
+	kv_options_init(kv, flags);
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		cfo[i] = kv->cf_opts[i];
+	if (kv->readonly)
+		kv->db = rocksdb_open_for_read_only_column_families(
+			kv->db_opts, dbdir, KV_CF_COUNT, cf_names, cfo, kv->cf,
+			0, &err);
+	else
+		kv->db = rocksdb_open_column_families(kv->db_opts, dbdir,
+						      KV_CF_COUNT, cf_names,
+						      cfo, kv->cf, &err);
+	if (err) {
+		ret = kv_open_errno(dbdir, err);
+		goto out_destroy_options;
+	}
+
+	ret = (flags & KV_CREATE) ? kv_format_write(kv) : kv_format_check(kv);
+	if (ret)
+		goto out_close_db;
+	*out = kv;
+	return 0;
+
+out_close_db:
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		rocksdb_column_family_handle_destroy(kv->cf[i]);
+	rocksdb_close(kv->db);
+out_destroy_options:
+	kv_options_destroy(kv);
+	pthread_cond_destroy(&kv->sync_cond);
+out_destroy_sync_lock:
+	pthread_mutex_destroy(&kv->sync_lock);
+out_destroy_block_lock:
+	pthread_rwlock_destroy(&kv->block_lock);
+out_free_dbdir:
+	free(kv->dbdir);
+out_free_kv:
+	free(kv);
+	return ret;
+}
+
+void kv_close(struct kv *kv)
+{
+	if (!kv)
+		return;
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		rocksdb_column_family_handle_destroy(kv->cf[i]);
+	rocksdb_close(kv->db);
+	kv_options_destroy(kv);
+	pthread_cond_destroy(&kv->sync_cond);
+	pthread_mutex_destroy(&kv->sync_lock);
+	pthread_rwlock_destroy(&kv->block_lock);
+	free(kv->dbdir);
+	free(kv);
+}
+
+/* ---- point reads ------------------------------------------------------ */
+
+static bool cf_valid(enum kv_cf cf)
+{
+	return (unsigned)cf < KV_CF_COUNT;
+}
+
+int kv_get_internal(struct kv *kv, enum kv_cf cf, const void *key,
+		    size_t klen, void *buf, size_t bufsize, size_t *vlen)
+{
+	rocksdb_pinnableslice_t *ps;
+	const char *v;
+	char *err = NULL;
+	size_t n;
+
+	if (!cf_valid(cf))
+		return -EINVAL;
+	ps = rocksdb_get_pinned_cf(kv->db, kv->ropts, kv->cf[cf], key, klen,
+				   &err);
+	if (err)
+		return kv_rocks_errno("get", err);
+	if (!ps)
+		return -ENOENT;
+	v = rocksdb_pinnableslice_value(ps, &n);
+	if (buf)
+		memcpy(buf, v, n < bufsize ? n : bufsize);
+	*vlen = n;
+	rocksdb_pinnableslice_destroy(ps);
+	return 0;
+}
+
+int kv_get(struct kv *kv, enum kv_cf cf, const void *key, size_t klen,
+	   void **val, size_t *vlen)
+{
+	rocksdb_pinnableslice_t *ps;
+	const char *v;
+	char *err = NULL;
+	void *copy;
+	size_t n;
+	int ret;
+
+	ret = kv_fault_check(kv, KV_FAULT_READ);
+	if (ret)
+		return ret;
+	if (!cf_valid(cf))
+		return -EINVAL;
+	ps = rocksdb_get_pinned_cf(kv->db, kv->ropts, kv->cf[cf], key, klen,
+				   &err);
+	if (err)
+		return kv_rocks_errno("get", err);
+	if (!ps)
+		return -ENOENT;
+	v = rocksdb_pinnableslice_value(ps, &n);
+	copy = malloc(n ? n : 1); /* empty values are meaningful */
+	if (!copy) {
+		ret = -ENOMEM;
+		goto out_destroy_slice;
+	}
+	memcpy(copy, v, n);
+	*val = copy;
+	*vlen = n;
+out_destroy_slice:
+	rocksdb_pinnableslice_destroy(ps);
+	return ret;
+}
+
+/* ---- write batches ---------------------------------------------------- */
+
+/* Block locks this thread holds through its open batches (any store):
+ * kv_gc() refuses to wait for the exclusive lock while it is not 0. */
+static __thread unsigned block_locks_held;
+
+bool kv_thread_holds_block_lock(void)
+{
+	return block_locks_held != 0;
+}
+
+/* A batch that grew past this is given back to malloc when it is reset. */
+#define KV_BATCH_KEEP (1u << 20)
+
+struct kv_batch *kv_batch_new(void)
+{
+	return calloc(1, sizeof(struct kv_batch));
+}
+
+static void kv_batch_unlock(struct kv_batch *b)
+{
+	if (b->locked) {
+		pthread_rwlock_unlock(&b->locked->block_lock);
+		b->locked = NULL;
+		if (block_locks_held)
+			block_locks_held--;
+	}
+}
+
+static void kv_batch_reset(struct kv_batch *b)
+{
+	kv_batch_unlock(b);
+	if (b->cap > KV_BATCH_KEEP) {
+		free(b->buf);
+		b->buf = NULL;
+		b->cap = 0;
+	}
+	b->len = 0;
+	b->count = 0;
+	b->oom = false;
+}
+
+void kv_batch_free(struct kv_batch *b)
+{
+	if (!b)
+		return;
+	kv_batch_unlock(b);
+	if (b->wb)
+		rocksdb_writebatch_destroy(b->wb);
+	free(b->buf);
+	free(b);
+}
+
+static void kv_batch_add(struct kv_batch *b, enum kv_op op, enum kv_cf cf,
+			 const void *key, size_t klen, const void *val,
+			 size_t vlen)
+{
+	uint32_t k32 = (uint32_t)klen, v32 = (uint32_t)vlen;
+	size_t need = KV_REC_HDR + klen + vlen;
+	uint8_t *p;
+
+	if (b->oom)
+		return;
+	if (!cf_valid(cf) || klen > UINT32_MAX || vlen > UINT32_MAX) {
+		kv_log("bug: invalid batch operation (cf %d, %zu/%zu bytes)",
+		       (int)cf, klen, vlen);
+		b->oom = true;
+		return;
+	}
+	if (b->cap - b->len < need) {
+		size_t cap = b->cap ? b->cap : 4096;
+		uint8_t *nbuf;
+
+		while (cap - b->len < need)
+			cap *= 2;
+		nbuf = realloc(b->buf, cap);
+		if (!nbuf) {
+			b->oom = true;
+			return;
+		}
+		b->buf = nbuf;
+		b->cap = cap;
+	}
+	p = b->buf + b->len;
+	p[0] = (uint8_t)op;
+	p[1] = (uint8_t)cf;
+	memcpy(p + 2, &k32, 4);
+	memcpy(p + 6, &v32, 4);
+	if (klen)
+		memcpy(p + KV_REC_HDR, key, klen);
+	if (vlen)
+		memcpy(p + KV_REC_HDR + klen, val, vlen);
+	b->len += need;
+	b->count++;
+}
+
+void kv_batch_put(struct kv_batch *b, enum kv_cf cf, const void *key,
+		  size_t klen, const void *val, size_t vlen)
+{
+	kv_batch_add(b, KV_OP_PUT, cf, key, klen, val, vlen);
+}
+
+void kv_batch_delete(struct kv_batch *b, enum kv_cf cf, const void *key,
+		     size_t klen)
+{
+	kv_batch_add(b, KV_OP_DELETE, cf, key, klen, NULL, 0);
+}
+
+void kv_batch_merge(struct kv_batch *b, enum kv_cf cf, const void *key,
+		    size_t klen, const void *val, size_t vlen)
+{
+	kv_batch_add(b, KV_OP_MERGE, cf, key, klen, val, vlen);
+}
+
+size_t kv_batch_count(const struct kv_batch *b)
+{
+	return b->count;
+}
+
+void kv_batch_lock_blocks(struct kv *kv, struct kv_batch *b)
+{
+	int ret;
+
+	if (b->locked == kv)
+		return;
+	if (b->locked) {
+		kv_log("bug: one batch used with two stores");
+		return;
+	}
+	ret = pthread_rwlock_rdlock(&kv->block_lock);
+	if (ret) {
+		kv_log("bug: block lock: %s", strerror(ret));
+		return;
+	}
+	b->locked = kv;
+	block_locks_held++;
+}
+
+/* Replay the batch's records into a RocksDB write batch. */
+static rocksdb_writebatch_t *kv_batch_build(struct kv *kv, struct kv_batch *b)
+{
+	rocksdb_writebatch_t *wb = b->wb;
+	const uint8_t *p = b->buf, *end = b->buf + b->len;
+
+	if (!wb)
+		wb = b->wb = rocksdb_writebatch_create();
+	else
+		rocksdb_writebatch_clear(wb);
+	while (p < end) {
+		rocksdb_column_family_handle_t *cf = kv->cf[p[1]];
+		const char *key = (const char *)p + KV_REC_HDR, *val;
+		uint32_t klen, vlen;
+
+		memcpy(&klen, p + 2, 4);
+		memcpy(&vlen, p + 6, 4);
+		val = key + klen;
+		switch ((enum kv_op)p[0]) {
+		case KV_OP_PUT:
+			rocksdb_writebatch_put_cf(wb, cf, key, klen, val, vlen);
+			break;
+		case KV_OP_DELETE:
+			rocksdb_writebatch_delete_cf(wb, cf, key, klen);
+			break;
+		case KV_OP_MERGE:
+			rocksdb_writebatch_merge_cf(wb, cf, key, klen, val,
+						    vlen);
+			break;
+		}
+		p += KV_REC_HDR + klen + vlen;
+	}
+	return wb;
+}
+
+int kv_commit(struct kv *kv, struct kv_batch *b)
+{
+	char *err = NULL;
+	int ret;
+
+	ret = kv_fault_check(kv, KV_FAULT_WRITE);
+	if (ret) {
+		atomic_store(&kv->poisoned, true);
+		goto out_reset;
+	}
+	if (atomic_load(&kv->poisoned)) {
+		ret = -EIO;
+		goto out_reset;
+	}
+	if (kv->readonly) {
+		ret = -EROFS;
+		goto out_reset;
+	}
+	if (b->oom) {
+		ret = -ENOMEM;
+		goto out_reset;
+	}
+	if (b->count == 0)
+		goto out_reset;
+
+	rocksdb_write(kv->db, kv->wopts, kv_batch_build(kv, b), &err);
+	rocksdb_writebatch_clear(b->wb);
+	if (err) {
+		/* What reached the WAL is unknown: refuse further writes. */
+		atomic_store(&kv->poisoned, true);
+		ret = kv_rocks_errno("write", err);
+		goto out_reset;
+	}
+	atomic_fetch_add(&kv->committed, 1);
+out_reset:
+	kv_batch_reset(b);
+	return ret;
+}
+
+/* ---- group commit ----------------------------------------------------- */
+
+/*
+ * A caller's ticket is the number of commits finished when it arrived.
+ * With no sync running and its ticket not yet synced, it becomes the
+ * leader: it syncs everything committed so far (sync_target) with the
+ * lock dropped.  Callers arriving meanwhile wait; if that sync covers their
+ * ticket they share its result, otherwise one of them leads the next.
+ */
+int kv_sync(struct kv *kv)
+{
+	uint64_t ticket, target, gen;
+	char *err = NULL;
+	int ret;
+
+	ret = kv_fault_check(kv, KV_FAULT_SYNC);
+	if (ret)
+		return ret;
+	if (kv->readonly)
+		return 0;
+
+	pthread_mutex_lock(&kv->sync_lock);
+	ticket = atomic_load(&kv->committed);
+	while (kv->synced < ticket) {
+		if (kv->syncing) {
+			bool covered = ticket <= kv->sync_target;
+
+			gen = kv->sync_gen;
+			while (kv->sync_gen == gen)
+				pthread_cond_wait(&kv->sync_cond,
+						  &kv->sync_lock);
+			/* synced never goes back: if the sync that covered
+			 * us left it short, that sync failed. */
+			if (covered && kv->synced < ticket) {
+				ret = kv->fail_err;
+				break;
+			}
+			continue;
+		}
+
+		target = atomic_load(&kv->committed);
+		kv->syncing = true;
+		kv->sync_target = target;
+		pthread_mutex_unlock(&kv->sync_lock);
+
+		rocksdb_flush_wal(kv->db, 1, &err);
+		atomic_fetch_add(&kv->nsyncs, 1);
+		if (err)
+			ret = kv_rocks_errno("sync", err);
+
+		pthread_mutex_lock(&kv->sync_lock);
+		kv->syncing = false;
+		kv->sync_gen++;
+		if (ret)
+			kv->fail_err = ret;
+		else if (target > kv->synced)
+			kv->synced = target;
+		pthread_cond_broadcast(&kv->sync_cond);
+		if (ret)
+			break;
+	}
+	pthread_mutex_unlock(&kv->sync_lock);
+	return ret;
+}
+
+uint64_t kv_sync_count(struct kv *kv)
+{
+	return atomic_load(&kv->nsyncs);
+}
+
+/* ---- iterators -------------------------------------------------------- */
+
+struct kv_iter {
+	rocksdb_iterator_t *it;        /* NULL if creation failed */
+	rocksdb_readoptions_t *ropts;  /* points into lower/upper */
+	void *lower, *upper;           /* bound copies, live as long as it */
+	int err;                       /* creation error, or 0 */
+};
+
+/* Returned when even an iterator cannot be allocated: never valid, status
+ * -ENOMEM, ignored by kv_iter_free(). */
+static struct kv_iter kv_iter_nomem = { .err = -ENOMEM };
+
+static struct kv_iter *kv_iter_failed(int err)
+{
+	struct kv_iter *ki = calloc(1, sizeof(*ki));
+
+	if (!ki)
+		return &kv_iter_nomem;
+	ki->err = err;
+	return ki;
+}
+
+static void *dup_bound(const void *p, size_t len)
+{
+	void *copy = malloc(len ? len : 1);
+
+	if (copy && len)
+		memcpy(copy, p, len);
+	return copy;
+}
+
+struct kv_iter *kv_iter_new_internal(struct kv *kv, enum kv_cf cf,
+				     const void *lower, size_t llen,
+				     const void *upper, size_t ulen,
+				     bool fill_cache)
+{
+	struct kv_iter *ki;
+
+	if (!cf_valid(cf))
+		return kv_iter_failed(-EINVAL);
+	ki = calloc(1, sizeof(*ki));
+	if (!ki)
+		return &kv_iter_nomem;
+	if (lower && !(ki->lower = dup_bound(lower, llen)))
+		goto out_nomem;
+	if (upper && !(ki->upper = dup_bound(upper, ulen)))
+		goto out_nomem;
+	ki->ropts = rocksdb_readoptions_create();
+	rocksdb_readoptions_set_fill_cache(ki->ropts, fill_cache);
+	if (ki->lower)
+		rocksdb_readoptions_set_iterate_lower_bound(ki->ropts,
+							    ki->lower, llen);
+	if (ki->upper)
+		rocksdb_readoptions_set_iterate_upper_bound(ki->ropts,
+							    ki->upper, ulen);
+	ki->it = rocksdb_create_iterator_cf(kv->db, ki->ropts, kv->cf[cf]);
+	return ki;
+
+out_nomem:
+	free(ki->lower);
+	free(ki);
+	return &kv_iter_nomem;
+}
+
+struct kv_iter *kv_iter_new(struct kv *kv, enum kv_cf cf, const void *lower,
+			    size_t llen, const void *upper, size_t ulen)
+{
+	int ret = kv_fault_check(kv, KV_FAULT_READ);
+
+	if (ret)
+		return kv_iter_failed(ret);
+	return kv_iter_new_internal(kv, cf, lower, llen, upper, ulen, true);
+}
+
+void kv_iter_seek(struct kv_iter *it, const void *key, size_t klen)
+{
+	if (it->it)
+		rocksdb_iter_seek(it->it, key, klen);
+}
+
+void kv_iter_seek_first(struct kv_iter *it)
+{
+	if (it->it)
+		rocksdb_iter_seek_to_first(it->it);
+}
+
+bool kv_iter_valid(const struct kv_iter *it)
+{
+	return it->it && rocksdb_iter_valid(it->it);
+}
+
+void kv_iter_next(struct kv_iter *it)
+{
+	if (it->it)
+		rocksdb_iter_next(it->it);
+}
+
+const void *kv_iter_key(const struct kv_iter *it, size_t *klen)
+{
+	if (!it->it) {
+		*klen = 0;
+		return NULL;
+	}
+	return rocksdb_iter_key(it->it, klen);
+}
+
+const void *kv_iter_value(const struct kv_iter *it, size_t *vlen)
+{
+	if (!it->it) {
+		*vlen = 0;
+		return NULL;
+	}
+	return rocksdb_iter_value(it->it, vlen);
+}
+
+int kv_iter_status(const struct kv_iter *it)
+{
+	char *err = NULL;
+
+	if (it->err)
+		return it->err;
+	rocksdb_iter_get_error(it->it, &err);
+	return err ? kv_rocks_errno("iterator", err) : 0;
+}
+
+void kv_iter_free(struct kv_iter *it)
+{
+	if (!it || it == &kv_iter_nomem)
+		return;
+	if (it->it)
+		rocksdb_iter_destroy(it->it);
+	if (it->ropts)
+		rocksdb_readoptions_destroy(it->ropts);
+	free(it->lower);
+	free(it->upper);
+	free(it);
+}
+
+/* ---- maintenance ------------------------------------------------------ */
+
+int kv_compact(struct kv *kv)
+{
+	rocksdb_compactoptions_t *co;
+
+	if (kv->readonly)
+		return -EROFS;
+	if (atomic_load(&kv->poisoned))
+		return -EIO;
+	co = rocksdb_compactoptions_create();
+	/* kForceOptimized: rewrite the last level too (dropping deleted keys
+	 * there), but not the files this compaction just wrote. */
+	rocksdb_compactoptions_set_bottommost_level_compaction(co, 3);
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		rocksdb_compact_range_cf_opt(kv->db, kv->cf[i], co, NULL, 0,
+					     NULL, 0);
+	rocksdb_compactoptions_destroy(co);
+	return 0;
+}
+
+/* See kv.h: readers keep the garbage collector (a writer of block_lock)
+ * away while they turn block-map hashes into data. */
+void kv_read_begin(struct kv *kv)
+{
+	pthread_rwlock_rdlock(&kv->block_lock);
+}
+
+void kv_read_end(struct kv *kv)
+{
+	pthread_rwlock_unlock(&kv->block_lock);
+}

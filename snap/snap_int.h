@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * snap/snap_int.h - internals shared by the snap/ source files.
+ *
+ * Lock order (outermost first); never take an earlier lock while holding a
+ * later one:
+ *   1. snap->tree_lock          (tree table; held only to look up / insert)
+ *   2. branch->epoch_lock       shared by every write op on the branch,
+ *                               exclusive by a snapshot of it (epoch bump)
+ *   3. branch->ns_lock          namespace ops (dirents) of the branch
+ *   4. snap->stripes[i]         per-inode record locks, ascending index
+ *   5. kv's block lock          taken inside kv_block_ref*, until commit
+ *   6. snap->open_lock, snap->ino_lock   leaf locks
+ *
+ * Invariant: an operation reads the branch's current epoch E once, under
+ * epoch_lock held shared, and writes keys at epoch E only; so a snapshot
+ * (which bumps E under the exclusive lock) sees every operation either
+ * wholly before or wholly after it.
+ */
+#ifndef BFS_SNAP_INT_H
+#define BFS_SNAP_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kv/kv.h"
+#include "snap.h"
+
+#define SNAP_STRIPES 1024u
+#define SNAP_INO_CHUNK 1024u
+#define SNAP_KEY_MAX 600u
+
+struct snap_branch {
+	uint32_t id;
+	uint32_t parent_id;
+	uint64_t parent_epoch;
+	_Atomic uint64_t epoch; /* current epoch; changes under epoch_lock (W) */
+	uint64_t created_ns;
+	bool is_snapshot;
+	char name[SNAP_NAME_MAX + 1];
+	pthread_rwlock_t epoch_lock;
+	pthread_mutex_t ns_lock;
+};
+
+struct snap_level {
+	uint32_t b;  /* branch id whose keys this level reads */
+	uint64_t e;  /* newest epoch visible at this level */
+};
+
+struct snap_tree {
+	struct snap *s;
+	uint32_t id;
+	bool readonly;
+	struct snap_branch *br; /* branch written to (NULL for snapshots) */
+	_Atomic int refs;
+	int nlevels;
+	struct snap_level *lv;  /* lv[0].e is live for branches: read br->epoch */
+	struct snap_tree *next; /* tree table chain */
+};
+
+struct snap_open_ent {
+	uint32_t b;
+	uint64_t ino;
+	uint32_t count;
+	struct snap_open_ent *next;
+};
+
+struct snap {
+	char *path;
+	int lock_fd;
+	bool readonly;
+	struct kv *kv;
+
+	pthread_rwlock_t tree_lock;
+	struct snap_tree *trees;      /* protected by tree_lock */
+	struct snap_branch **branches; /* protected by tree_lock */
+	size_t nbranches;
+
+	pthread_mutex_t ino_lock;
+	uint64_t next_ino;     /* protected by ino_lock */
+	uint64_t ino_reserved; /* persisted limit, protected by ino_lock */
+
+	pthread_mutex_t open_lock;
+	struct snap_open_ent *open[256]; /* protected by open_lock */
+
+	pthread_mutex_t stripes[SNAP_STRIPES];
+
+	/* background block collector (writable stores) */
+	pthread_t gc_thread;
+	bool gc_running;
+	bool gc_stop;            /* protected by gc_lock */
+	pthread_mutex_t gc_lock;
+	pthread_cond_t gc_cond;
+};
+
+/* In-memory inode. */
+struct snap_inode {
+	uint64_t ino;
+	uint32_t mode, uid, gid, nlink;
+	uint64_t size, nblocks, rdev, parent;
+	struct timespec atime, mtime, ctime;
+	char *target; /* symlink target (malloc()ed) or NULL */
+};
+
+
+/* ---- internal API between snap/ files (not exported) ---------------- */
+
+/*
+ * An operation on a tree: the ancestry levels with level 0's epoch fixed
+ * for the duration of the op.  op_begin(write=true) takes the branch's
+ * epoch_lock shared (and fails with -EROFS on snapshots); op_end releases.
+ */
+struct op {
+	struct snap *s;
+	struct snap_tree *t;
+	struct kv *kv;
+	int n;
+	const struct snap_level *lv;
+	uint64_t e0; /* epoch of level 0 for this op */
+	bool write;
+};
+int op_begin(struct op *op, struct snap_tree *t, bool write);
+void op_end(struct op *op);
+static inline uint64_t op_epoch(const struct op *op, int level)
+{
+	return level == 0 ? op->e0 : op->lv[level].e;
+}
+static inline uint32_t op_branch(const struct op *op)
+{
+	return op->lv[0].b;
+}
+
+/* Build key pfx | b | obj | ~e; returns its length. */
+size_t mkkey(uint8_t *k, char pfx, uint32_t b, const void *obj, size_t olen,
+	     uint64_t e);
+
+/* Result of a versioned lookup. */
+struct vres {
+	int level;      /* level of the newest visible version, -1: none */
+	uint64_t epoch; /* its epoch */
+	void *val;      /* malloc()ed value (NULL for a tombstone) */
+	size_t vlen;
+	bool live;      /* a version exists and is not a tombstone */
+};
+/*
+ * Find the newest version of object (pfx, obj) visible from level @from
+ * (with epochs <= @maxe at that level, or the level's own epoch if maxe is
+ * 0) downwards.  Returns 0 (r filled; r->level -1 if none) or -errno.
+ * The caller frees r->val.
+ */
+int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
+	 uint64_t maxe, struct vres *r);
+/* True if a live version exists below (level 0, op epoch). */
+int vhas_older(struct op *op, char pfx, const void *obj, size_t olen);
+/*
+ * Remove object (pfx, obj) in the op's branch at its epoch: delete the key
+ * at the current epoch, plus a tombstone when an older version would
+ * otherwise show through.
+ */
+int vdel(struct op *op, struct kv_batch *b, char pfx, const void *obj,
+	 size_t olen);
+void vput(struct op *op, struct kv_batch *b, char pfx, const void *obj,
+	  size_t olen, const void *val, size_t vlen);
+
+/* Inodes */
+int inode_get(struct op *op, uint64_t ino, struct snap_inode *in);
+void inode_put(struct op *op, struct kv_batch *b, const struct snap_inode *in);
+void inode_release(struct snap_inode *in);
+void inode_to_attr(const struct snap_inode *in, struct snap_attr *a);
+void inode_touch(struct timespec *ts);
+int inode_purge(struct op *op, struct kv_batch *b, struct snap_inode *in);
+
+/* Inode record locks */
+void stripes_lock(struct snap *s, uint32_t b, const uint64_t *inos, int n,
+		  int *held);
+void stripes_unlock(struct snap *s, const int *held, int n);
+
+uint64_t ino_alloc(struct snap *s, int *err);
+bool snap_is_open(struct snap *s, uint32_t b, uint64_t ino);
+void orphan_key(uint8_t *k, uint32_t b, uint64_t ino);
+
+/* Directory entries */
+int dirent_get(struct op *op, uint64_t dir, const char *name, uint64_t *ino,
+	       uint32_t *type);
+int name_check(const char *name);
+
+/* Block map: remove blocks [first, last) of @in (last = UINT64_MAX: all). */
+int bmap_remove(struct op *op, struct kv_batch *b, struct snap_inode *in,
+		uint64_t first, uint64_t last);
+/* Zero the tail of block containing @size (size not block aligned). */
+int bmap_zero_tail(struct op *op, struct kv_batch *b, struct snap_inode *in,
+		   uint64_t size);
+int xattr_purge(struct op *op, struct kv_batch *b, uint64_t ino);
+#endif /* BFS_SNAP_INT_H */

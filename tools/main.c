@@ -1,0 +1,603 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tools/main.c - the branchfs command line: a table of subcommands.
+ *
+ * Exit codes: 0 success, 1 the command failed (message on stderr),
+ * 2 usage error.  Only `mount` reaches into fs/; everything else works
+ * through snap/ (store not mounted) or the control socket (mounted).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/fs.h"
+#include "kv/format.h"
+#include "snap/snap.h"
+#include "tools.h"
+
+struct cli_cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *usage;
+	const char *help;
+};
+
+static const struct cli_cmd *find_cmd(const char *name);
+
+void die_msg(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("branchfs: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static int usage_err(const char *cmd)
+{
+	const struct cli_cmd *c = find_cmd(cmd);
+
+	fprintf(stderr, "usage: branchfs %s\n", c ? c->usage : cmd);
+	return 2;
+}
+
+static bool want_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
+}
+
+static int print_help(const char *cmd)
+{
+	const struct cli_cmd *c = find_cmd(cmd);
+
+	printf("usage: branchfs %s\n\n%s\n", c->usage, c->help);
+	return 0;
+}
+
+/* Is @store a branchfs store?  Prints the reason when not. */
+static bool check_store(const char *store)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	if (stat(store, &st) < 0) {
+		die_msg("store %s: %s", store, strerror(errno));
+		return false;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		die_msg("%s is not a branchfs store (not a directory)", store);
+		return false;
+	}
+	snprintf(p, sizeof(p), "%s/db", store);
+	if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		die_msg("%s is not a branchfs store (no db/; create one with "
+			"'branchfs init')", store);
+		return false;
+	}
+	snprintf(p, sizeof(p), "%s/lock", store);
+	if (stat(p, &st) < 0) {
+		die_msg("%s is not a branchfs store (no lock file)", store);
+		return false;
+	}
+	return true;
+}
+
+static const char *open_error(int err)
+{
+	switch (err) {
+	case -EBUSY:
+		return "store is in use (mounted, or another branchfs command "
+		       "is running)";
+	case -EPROTONOSUPPORT:
+		return "store format not supported by this version of branchfs";
+	case -EINVAL:
+		return "not a branchfs store, or it is damaged";
+	default:
+		return strerror(-err);
+	}
+}
+
+/* ---- init ----------------------------------------------------------------- */
+
+static int cmd_init(int argc, char **argv)
+{
+	int ret;
+
+	if (argc != 2)
+		return usage_err("init");
+	ret = snap_store_init(argv[1], getuid(), getgid());
+	if (ret == -ENOTEMPTY) {
+		die_msg("%s exists and is not empty: refusing to create a "
+			"store there (nothing was changed)", argv[1]);
+		return 1;
+	}
+	if (ret == -ENOTDIR) {
+		die_msg("%s exists and is not a directory", argv[1]);
+		return 1;
+	}
+	if (ret < 0) {
+		die_msg("cannot create store %s: %s", argv[1], strerror(-ret));
+		return 1;
+	}
+	printf("created store %s (format %u, branch main)\n", argv[1],
+	       BFS_FORMAT_VERSION);
+	return 0;
+}
+
+/* ---- mount ---------------------------------------------------------------- */
+
+static int cmd_mount(int argc, char **argv)
+{
+	struct fs_opts o = { .ready_fd = -1 };
+	char store[PATH_MAX], mnt[PATH_MAX];
+	const char *opts = NULL;
+	const char *args[2];
+	int nargs = 0, pfd[2], ret;
+	struct stat st;
+	pid_t pid;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--foreground") || !strcmp(argv[i], "-f")) {
+			o.foreground = true;
+		} else if (!strcmp(argv[i], "--debug")) {
+			o.debug = o.foreground = true;
+		} else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+			opts = argv[++i];
+		} else if (!strncmp(argv[i], "-o", 2) && argv[i][2]) {
+			opts = argv[i] + 2;
+		} else if (argv[i][0] == '-') {
+			die_msg("mount: unknown option %s", argv[i]);
+			return usage_err("mount");
+		} else if (nargs < 2) {
+			args[nargs++] = argv[i];
+		} else {
+			return usage_err("mount");
+		}
+	}
+	if (nargs != 2)
+		return usage_err("mount");
+	if (!check_store(args[0]))
+		return 1;
+	if (stat(args[1], &st) < 0) {
+		if (errno == ENOTCONN)
+			die_msg("mountpoint %s is a stale mount (its daemon died); "
+				"clean it up with 'branchfs umount %s'",
+				args[1], args[1]);
+		else
+			die_msg("mountpoint %s: %s", args[1], strerror(errno));
+		return 1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		die_msg("mountpoint %s is not a directory", args[1]);
+		return 1;
+	}
+	if (!realpath(args[0], store) || !realpath(args[1], mnt)) {
+		die_msg("cannot resolve paths: %s", strerror(errno));
+		return 1;
+	}
+	o.store = store;
+	o.mountpoint = mnt;
+	o.options = opts;
+
+	if (o.foreground) {
+		struct snap *s;
+
+		ret = snap_open(store, 0, &s);
+		if (ret < 0) {
+			die_msg("cannot open store %s: %s", store, open_error(ret));
+			return 1;
+		}
+		ret = fs_serve(s, &o);
+		snap_close(s);
+		if (ret < 0) {
+			die_msg("mount failed: %s", strerror(-ret));
+			return 1;
+		}
+		return 0;
+	}
+
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		die_msg("pipe: %s", strerror(errno));
+		return 1;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		die_msg("fork: %s", strerror(errno));
+		return 1;
+	}
+	if (pid == 0) {
+		char logp[PATH_MAX];
+		struct snap *s;
+		int fd;
+
+		close(pfd[0]);
+		setsid();
+		snprintf(logp, sizeof(logp), "%s/branchfs.log", store);
+		fd = open("/dev/null", O_RDONLY);
+		if (fd >= 0) {
+			dup2(fd, STDIN_FILENO);
+			close(fd);
+		}
+		fd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+		ret = snap_open(store, 0, &s);
+		if (ret < 0) {
+			unsigned char c = (unsigned char)-ret;
+
+			if (write(pfd[1], &c, 1) < 0)
+				_exit(1);
+			_exit(1);
+		}
+		/* Only the lock holder may write the log. */
+		if (fd >= 0) {
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+			close(fd);
+		}
+		if (chdir("/") < 0)
+			_exit(1);
+		fprintf(stderr, "branchfs: daemon %d serving %s at %s\n",
+			(int)getpid(), store, mnt);
+		o.ready_fd = pfd[1];
+		ret = fs_serve(s, &o);
+		snap_close(s);
+		fprintf(stderr, "branchfs: daemon %d exiting (%s)\n", (int)getpid(),
+			ret < 0 ? strerror(-ret) : "unmounted");
+		_exit(ret < 0 ? 1 : 0);
+	}
+	close(pfd[1]);
+	{
+		unsigned char c;
+		ssize_t r;
+
+		do {
+			r = read(pfd[0], &c, 1);
+		} while (r < 0 && errno == EINTR);
+		close(pfd[0]);
+		if (r == 1 && c == 0)
+			return 0;
+		if (r != 1) {
+			int status;
+
+			waitpid(pid, &status, 0);
+			die_msg("mount daemon died before the mount was live; "
+				"see %s/branchfs.log", store);
+			return 1;
+		}
+		waitpid(pid, NULL, 0);
+		if (c == EBUSY)
+			die_msg("store %s is in use (already mounted?): refusing "
+				"a second mount", store);
+		else if (c == EIO)
+			die_msg("cannot mount %s on %s (see %s/branchfs.log)",
+				store, mnt, store);
+		else
+			die_msg("cannot mount %s: %s", store,
+				open_error(-(int)c));
+		return 1;
+	}
+}
+
+/* ---- umount --------------------------------------------------------------- */
+
+/* Find @mnt in /proc/self/mountinfo: store path in @store.  1 found. */
+static int find_mount(const char *mnt, char *store, size_t size)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[8192];
+	int found = 0;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		char mp[PATH_MAX], fstype[64], src[PATH_MAX];
+		char *dash = strstr(line, " - ");
+
+		if (!dash)
+			continue;
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1)
+			continue;
+		if (sscanf(dash + 3, "%63s %4095s", fstype, src) != 2)
+			continue;
+		if (strcmp(mp, mnt) || strcmp(fstype, "fuse.branchfs"))
+			continue;
+		if (!strncmp(src, "branchfs:", 9))
+			snprintf(store, size, "%s", src + 9);
+		else
+			store[0] = 0;
+		found = 1;
+	}
+	fclose(f);
+	return found;
+}
+
+/* Absolute, normalised form of @path without following the last part
+ * (a stale mount cannot be stat()ed). */
+static int abs_path(const char *path, char *out, size_t size)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	char *slash;
+
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	while (strlen(tmp) > 1 && tmp[strlen(tmp) - 1] == '/')
+		tmp[strlen(tmp) - 1] = 0;
+	slash = strrchr(tmp, '/');
+	if (!slash) {
+		if (!realpath(".", dir))
+			return -errno;
+		snprintf(out, size, "%s/%s", strcmp(dir, "/") ? dir : "", tmp);
+		return 0;
+	}
+	if (slash == tmp) {
+		snprintf(out, size, "%s", tmp);
+		return 0;
+	}
+	*slash = 0;
+	if (!realpath(tmp, dir))
+		return -errno;
+	snprintf(out, size, "%s/%s", strcmp(dir, "/") ? dir : "", slash + 1);
+	return 0;
+}
+
+/* Wait until nobody holds the store lock (the daemon has exited). */
+static int wait_unlocked(const char *store, int secs)
+{
+	char lp[PATH_MAX];
+	int fd;
+
+	snprintf(lp, sizeof(lp), "%s/lock", store);
+	fd = open(lp, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	for (int i = 0; i < secs * 50; i++) {
+		if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+			close(fd);
+			return 0;
+		}
+		usleep(20000);
+	}
+	close(fd);
+	return -ETIMEDOUT;
+}
+
+static int cmd_umount(int argc, char **argv)
+{
+	char mnt[PATH_MAX], store[PATH_MAX] = "";
+	struct stat st;
+	bool stale;
+	int ret;
+
+	if (argc != 2)
+		return usage_err("umount");
+	if (abs_path(argv[1], mnt, sizeof(mnt)) < 0) {
+		die_msg("%s: %s", argv[1], strerror(errno));
+		return 1;
+	}
+	ret = find_mount(mnt, store, sizeof(store));
+	if (ret <= 0) {
+		die_msg("%s is not a branchfs mount", argv[1]);
+		return 1;
+	}
+	stale = stat(mnt, &st) < 0 && errno == ENOTCONN;
+	if (getuid() == 0) {
+		ret = umount2(mnt, stale ? MNT_DETACH : 0);
+		if (ret < 0 && errno == EBUSY && !stale) {
+			die_msg("%s is busy: close the files and processes using "
+				"it (e.g. a running postgres) and try again", mnt);
+			return 1;
+		}
+		if (ret < 0) {
+			die_msg("umount %s: %s", mnt, strerror(errno));
+			return 1;
+		}
+	} else {
+		pid_t pid = fork();
+		int status;
+
+		if (pid == 0) {
+			execlp("fusermount3", "fusermount3", "-u",
+			       stale ? "-z" : "-u", mnt, (char *)NULL);
+			_exit(127);
+		}
+		if (pid < 0 || waitpid(pid, &status, 0) < 0 ||
+		    !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			die_msg("fusermount3 -u %s failed", mnt);
+			return 1;
+		}
+	}
+	if (store[0] && wait_unlocked(store, 60) < 0) {
+		die_msg("unmounted %s, but its daemon still holds %s", mnt, store);
+		return 1;
+	}
+	if (stale)
+		fprintf(stderr, "branchfs: cleaned up stale mount %s\n", mnt);
+	return 0;
+}
+
+/* ---- stats ---------------------------------------------------------------- */
+
+static int cmd_stats(int argc, char **argv)
+{
+	unsigned long long lb = 0, sb = 0, bl = 0, db = 0, gp = 0, br = 0, sn = 0;
+	const char *store = NULL;
+	bool json = false, mounted = false;
+	char *reply = NULL, v[64];
+	double ratio;
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = true;
+		else if (argv[i][0] == '-' || store)
+			return usage_err("stats");
+		else
+			store = argv[i];
+	}
+	if (!store)
+		store = getenv("BRANCHFS_STORE");
+	if (!store)
+		return usage_err("stats");
+	if (!check_store(store))
+		return 1;
+	{
+		const char *req[] = { "stats" };
+
+		ret = ctl_call(store, 1, req, &reply);
+	}
+	if (ret == 0) {
+		mounted = true;
+		lb = strtoull(ctl_field(reply, "logical_bytes", v, sizeof(v)) ?: "0", NULL, 10);
+		sb = strtoull(ctl_field(reply, "stored_bytes", v, sizeof(v)) ?: "0", NULL, 10);
+		bl = strtoull(ctl_field(reply, "blocks", v, sizeof(v)) ?: "0", NULL, 10);
+		db = strtoull(ctl_field(reply, "db_bytes", v, sizeof(v)) ?: "0", NULL, 10);
+		gp = strtoull(ctl_field(reply, "gc_pending", v, sizeof(v)) ?: "0", NULL, 10);
+		br = strtoull(ctl_field(reply, "branches", v, sizeof(v)) ?: "0", NULL, 10);
+		sn = strtoull(ctl_field(reply, "snapshots", v, sizeof(v)) ?: "0", NULL, 10);
+		free(reply);
+	} else if (ret == -ENOTCONN) {
+		struct snap_stats st;
+		struct snap *s;
+
+		free(reply);
+		ret = snap_open(store, 0, &s);
+		if (ret < 0) {
+			die_msg("cannot open store %s: %s", store, open_error(ret));
+			return 1;
+		}
+		ret = snap_stats(s, &st);
+		snap_close(s);
+		if (ret < 0) {
+			die_msg("stats: %s", strerror(-ret));
+			return 1;
+		}
+		lb = st.logical_bytes;
+		sb = st.stored_bytes;
+		bl = st.blocks;
+		db = st.db_bytes;
+		gp = st.gc_pending;
+		br = st.branches;
+		sn = st.snapshots;
+	} else {
+		die_msg("stats: %s%s%s", reply && *reply ? reply : "",
+			reply && *reply ? "" : "daemon error: ",
+			reply && *reply ? "" : strerror(-ret));
+		free(reply);
+		return 1;
+	}
+	ratio = sb ? (double)lb / (double)sb : 0.0;
+	if (json) {
+		printf("{\"store\": \"%s\", \"mounted\": %s, \"logical_bytes\": %llu, "
+		       "\"stored_bytes\": %llu, \"blocks\": %llu, "
+		       "\"compression_ratio\": %.3f, \"db_bytes\": %llu, "
+		       "\"gc_pending\": %llu, \"branches\": %llu, "
+		       "\"snapshots\": %llu}\n",
+		       store, mounted ? "true" : "false", lb, sb, bl, ratio, db, gp,
+		       br, sn);
+	} else {
+		printf("store:             %s (%s)\n", store,
+		       mounted ? "mounted" : "not mounted");
+		printf("logical bytes:     %llu\n", lb);
+		printf("stored bytes:      %llu\n", sb);
+		printf("blocks:            %llu\n", bl);
+		printf("compression ratio: %.2fx\n", ratio);
+		printf("database on disk:  %llu bytes\n", db);
+		printf("blocks to free:    %llu\n", gp);
+		printf("branches:          %llu\n", br);
+		printf("snapshots:         %llu\n", sn);
+	}
+	return 0;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	if (argc != 1)
+		return usage_err("version");
+	printf("branchfs %s (store format %u)\n", BRANCHFS_VERSION,
+	       BFS_FORMAT_VERSION);
+	return 0;
+}
+
+static int cmd_help(int argc, char **argv);
+
+static const struct cli_cmd cmds[] = {
+	{ "init", cmd_init, "init STORE",
+	  "Create a new, empty store in directory STORE (created if absent;\n"
+	  "an existing directory must be empty). The store starts with one\n"
+	  "branch, main." },
+	{ "mount", cmd_mount, "mount STORE MNT [-o OPTIONS] [--foreground]",
+	  "Mount STORE at MNT and return once the mount is live. MNT/main is\n"
+	  "branch main. As root the mount uses allow_other,default_permissions\n"
+	  "so that other users (postgres) can use it; -o adds FUSE options.\n"
+	  "The daemon logs to STORE/branchfs.log. --foreground stays attached\n"
+	  "and logs to stderr." },
+	{ "umount", cmd_umount, "umount MNT",
+	  "Unmount MNT and wait until its daemon has written everything and\n"
+	  "exited. Also cleans up a stale mount left by a killed daemon\n"
+	  "('Transport endpoint is not connected')." },
+	{ "stats", cmd_stats, "stats [STORE] [--json]",
+	  "Show logical bytes (all block references), stored bytes (after\n"
+	  "dedup and compression), block count and compression ratio. Works on\n"
+	  "a mounted store (through its daemon) and an unmounted one. STORE\n"
+	  "defaults to $BRANCHFS_STORE." },
+	{ "version", cmd_version, "version", "Print the version." },
+	{ "help", cmd_help, "help [COMMAND]", "Show help." },
+};
+
+static const struct cli_cmd *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (!strcmp(cmds[i].name, name))
+			return &cmds[i];
+	return NULL;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	if (argc == 2 && find_cmd(argv[1]))
+		return print_help(argv[1]);
+	printf("branchfs - branchable copy-on-write filesystem for PostgreSQL data\n\n"
+	       "usage: branchfs COMMAND [ARGS]\n\ncommands:\n");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		printf("  %s\n", cmds[i].usage);
+	printf("\n'branchfs COMMAND --help' describes one command.\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const struct cli_cmd *c;
+
+	if (argc < 2) {
+		cmd_help(1, argv);
+		return 2;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
+		return cmd_help(1, argv);
+	if (!strcmp(argv[1], "--version"))
+		return cmd_version(1, argv);
+	c = find_cmd(argv[1]);
+	if (!c) {
+		die_msg("unknown command '%s' (see 'branchfs help')", argv[1]);
+		return 2;
+	}
+	if (want_help(argc - 1, argv + 1))
+		return print_help(c->name);
+	signal(SIGPIPE, SIG_IGN);
+	return c->fn(argc - 1, argv + 1);
+}

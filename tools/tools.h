@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: MIT */
+/* tools/tools.h - shared by the CLI's source files. */
+#ifndef BFS_TOOLS_H
+#define BFS_TOOLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define BRANCHFS_VERSION "0.1.0"
+
+/* Print "branchfs: <msg>" on stderr. */
+void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Control-socket client: see fs/ctl_proto.h.  Returns the daemon's status
+ * (0 or -errno) with *reply a malloc()ed text, or -ENOTCONN if no daemon
+ * serves @store. */
+int ctl_call(const char *store, int argc, const char *const *argv, char **reply);
+const char *ctl_field(const char *text, const char *key, char *buf, size_t size);
+
+#endif /* BFS_TOOLS_H */
