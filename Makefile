@@ -27,7 +27,8 @@ CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-B := build
+# Sanitizer builds get their own object directory so they never mix.
+B := build$(if $(SANITIZE),-$(SANITIZE))
 KV_SRC    := $(wildcard kv/*.c)
 SNAP_SRC  := $(wildcard snap/*.c)
 FS_SRC    := $(wildcard fs/*.c)
@@ -103,7 +104,7 @@ test check-e2e: $(E2E_BIN)
 # ---- end of end-to-end test programs ------------------------------------------
 
 clean:
-	rm -rf $(B) branchfs
+	rm -rf build build-* branchfs
 
 .PHONY: all unit test check check-e2e check-pg bench clean
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -103,7 +103,9 @@ enum bfs_codec {
  * Branch record value
  *   offset size meaning
  *   0      1    record version (1)
- *   1      1    flags (reserved, 0)
+ *   1      1    flags: bit 0 BFS_BRANCH_DELETED - deleted by the user,
+ *                kept (hidden) only while snapshots or branches still read
+ *                through it; the pruner removes it with its keys after that
  *   2      4    parent id (u32 BE; 0 = no parent)
  *   6      8    parent epoch: the branch point in the parent (u64 BE)
  *   14     8    current epoch (u64 BE); writes go to this epoch
@@ -115,7 +117,14 @@ enum bfs_codec {
  * was taken of, "parent epoch" the epoch it names and "current epoch" 0.
  *
  * Branch and snapshot ids share one counter; id 0 is never used (it names
- * the synthetic mount root in FUSE node ids), main is id 1.
+ * the synthetic mount root in FUSE node ids), main is id 1.  Ids are never
+ * reused.  Names are unique across live branches and snapshots together.
+ *
+ * Readers of a branch B: its head (current epoch, unless deleted), every
+ * snapshot of B (its epoch) and every branch whose parent is B (the parent
+ * epoch).  A version (B, obj, v) whose next newer version is v' is needed
+ * iff some reader r has v <= r < v'; the pruner deletes the others (after
+ * snapshot, branch or reset deletions) and drops their block references.
  * ---------------------------------------------------------------------- */
 #define BFS_KEY_FORMAT "format"
 #define BFS_KEY_NEXT_INO "next_ino"
@@ -126,6 +135,7 @@ enum bfs_codec {
 #define BFS_PFX_ORPHAN 'O'
 #define BFS_REC_VERSION 1u
 #define BFS_REC_HDR_SIZE 32u
+#define BFS_BRANCH_DELETED 0x01u
 
 /* ------------------------------------------------------------------------
  * "meta" column family: versioned metadata, one key per (branch, object,

@@ -139,6 +139,10 @@ int kv_block_ref(struct kv *kv, struct kv_batch *b, const void *data,
 int kv_block_ref_hash(struct kv *kv, struct kv_batch *b,
 		      const uint8_t hash[BFS_HASH_SIZE]);
 
+/* Take the block lock for batch @b now (as kv_block_ref() would), so that
+ * hashes read from block maps after this call stay stored until commit. */
+void kv_batch_lock_blocks(struct kv *kv, struct kv_batch *b);
+
 /* Drop one reference (-1) and queue the hash for the garbage collector. */
 void kv_block_unref(struct kv *kv, struct kv_batch *b,
 		    const uint8_t hash[BFS_HASH_SIZE]);

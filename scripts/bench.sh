@@ -7,6 +7,7 @@
 #   pgbench -i -s $BENCH_SCALE        wall time
 #   pgbench -T $BENCH_SECS -c 4 -j 2  read-write (tpcb-like) TPS
 #   pgbench -T $BENCH_SECS -c 4 -j 2 -S  select-only TPS
+#   (a CHECKPOINT before each timed pgbench run)
 #   clean stop, then size: du -sb of the plain PGDATA against branchfs's
 #   stored_bytes (branchfs stats --json) and du -sb of the store directory;
 #   peak memory of the branchfs daemon (VmHWM).
@@ -82,6 +83,9 @@ run_pg() {
 	"$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -T "$SECS" -c "$CLIENTS" -j "$JOBS" postgres \
 		>"$log/pgbench-rw.log" 2>&1 || { tail "$log/pgbench-rw.log" >&2; pgl_die "$side: pgbench rw"; }
 	R[$side.rw]=$(pgl_tps <"$log/pgbench-rw.log")
+	# Flush what the read-write run dirtied, so that its checkpoint does not
+	# run during (and get charged to) the select-only run.
+	pgl_psql "$PORT" "$SOCK" -c checkpoint
 	pgl_log "$side: pgbench select-only ${SECS}s"
 	"$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -T "$SECS" -c "$CLIENTS" -j "$JOBS" -S postgres \
 		>"$log/pgbench-ro.log" 2>&1 || { tail "$log/pgbench-ro.log" >&2; pgl_die "$side: pgbench -S"; }
@@ -155,7 +159,7 @@ r_storedu=$(ratio "$(v branchfs.store_du)" "$(v plain.du)")
 
 fstype=$(findmnt -no FSTYPE -T "$W" 2>/dev/null || stat -f -c %T "$W" 2>/dev/null || echo "?")
 pgver=$("$PGBIN/postgres" --version | awk '{ print $3 }')
-bfver=$("$BRANCHFS" version 2>/dev/null | head -n 1 || echo "?")
+bfver=$("$BRANCHFS" version 2>/dev/null | head -n 1 | sed "s/^branchfs //" || echo "?")
 rev=$(git -C "$PGL_ROOT" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
 cpus=$(nproc)
 memg=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)

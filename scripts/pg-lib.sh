@@ -240,7 +240,7 @@ pgl_start() {
 	shift 4
 	local opts="-p $port -k $sock ${PGL_SETTINGS[*]} $*"
 	touch "$log" && chown "$PG_OSUSER:" "$log"
-	PGL_LOGS+=("$log")
+	case " ${PGL_LOGS[*]} " in *" $log "*) ;; *) PGL_LOGS+=("$log") ;; esac
 	if ! pgl_as_pg "$PGBIN/pg_ctl" -D "$pgdata" -l "$log" -w -t 300 -o "$opts" start >/dev/null; then
 		pgl_log "pg_ctl start failed for $pgdata; log tail:"
 		tail -n 30 "$log" >&2
@@ -269,8 +269,8 @@ pgl_stop() {
 pgl_kill9_postmaster() {
 	local pm=$1 kids i
 	kill -0 "$pm" 2>/dev/null || return 0
-	kids=$(ps -o pid= --ppid "$pm" 2>/dev/null)
-	kill -9 "$pm" $kids 2>/dev/null
+	kids=$(ps -o pid= --ppid "$pm" 2>/dev/null || true)
+	kill -9 "$pm" $kids 2>/dev/null || true
 	for i in $(seq 1 100); do
 		kill -0 "$pm" 2>/dev/null || break
 		sleep 0.1

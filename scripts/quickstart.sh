@@ -74,6 +74,36 @@ mount_state() {
 	return 2
 }
 
+# Postmasters left running on a stale mount (their daemon died): postgres
+# processes whose working directory is $PGDATA.  postmaster.pid cannot be
+# read through a dead mount, so look at /proc.
+orphan_postmasters() {
+	local p cwd
+	for p in /proc/[0-9]*; do
+		[ "$(cat "$p/comm" 2>/dev/null)" = postgres ] || continue
+		cwd=$(readlink "$p/cwd" 2>/dev/null) || continue
+		cwd=${cwd% (deleted)}
+		[ "$cwd" = "$PGDATA" ] || continue
+		# only the postmaster: its parent is not a postgres process
+		[ "$(cat "/proc/$(awk '{ print $4 }' "$p/stat")/comm" 2>/dev/null)" = postgres ] && continue
+		echo "${p#/proc/}"
+	done
+}
+
+kill_orphans() {
+	local pids i
+	pids=$(orphan_postmasters)
+	[ -n "$pids" ] || return 0
+	say "stopping postgres left on the dead mount (pid $pids)"
+	kill -QUIT $pids 2>/dev/null || true
+	for i in $(seq 1 50); do
+		kill -0 $pids 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL $pids 2>/dev/null || true
+	sleep 0.5
+}
+
 pg_running() { [ -f "$PGDATA/postmaster.pid" ] && pgl_as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 pg_port() { sed -n 4p "$PGDATA/postmaster.pid" 2>/dev/null; }
 
@@ -119,6 +149,7 @@ if [ "$CMD" = stop ]; then
 		pgl_as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -w -t 300 -m fast stop >/dev/null ||
 			die "pg_ctl stop failed"
 	fi
+	[ $st = 2 ] && kill_orphans
 	if [ $st != 1 ]; then
 		say "unmounting $MNT"
 		"$BRANCHFS" umount "$MNT" || die "branchfs umount $MNT failed"
@@ -144,6 +175,7 @@ mount_state
 st=$?
 set -e
 if [ $st = 2 ]; then
+	kill_orphans
 	say "cleaning a stale mount on $MNT"
 	"$BRANCHFS" umount "$MNT" || die "branchfs umount $MNT failed"
 	st=1

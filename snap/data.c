@@ -659,18 +659,19 @@ static int share_blocks(struct snap_tree *tin, uint64_t ino_in, uint64_t sblk,
 	int held[1];
 	int ret;
 
+	ret = op_begin(&dop, tout, true);
+	if (ret < 0)
+		return ret;
+	stripes_lock(dop.s, op_branch(&dop), &ino_out, 1, held);
+	b = kv_batch_new();
+	/* Hold the block lock before reading the source's hashes: the GC
+	 * must not free one of them before our references are committed. */
+	kv_batch_lock_blocks(dop.kv, b);
 	op_begin(&sop, tin, false);
 	ret = bmap_scan(&sop, ino_in, sblk, sblk + n, &sv);
 	op_end(&sop);
 	if (ret < 0)
-		return ret;
-	ret = op_begin(&dop, tout, true);
-	if (ret < 0) {
-		free(sv.e);
-		return ret;
-	}
-	stripes_lock(dop.s, op_branch(&dop), &ino_out, 1, held);
-	b = kv_batch_new();
+		goto out;
 	ret = inode_get(&dop, ino_out, &in);
 	if (ret < 0)
 		goto out;

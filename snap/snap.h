@@ -83,7 +83,8 @@ void snap_close(struct snap *s);
 /* Make every change so far durable (group-committed WAL fsync). */
 int snap_sync(struct snap *s);
 
-/* Run the block garbage collector over up to @max queued blocks (0 = all). */
+/* Run the block garbage collector over up to @max queued blocks (0 = all).
+ * Call snap_prune() first to free the space of deleted branches/snapshots. */
 int snap_gc(struct snap *s, size_t max);
 
 struct snap_stats {
@@ -137,6 +138,63 @@ struct snap_branch_info {
  */
 int snap_branch_list(struct snap *s, bool snapshots,
 		     struct snap_branch_info **out, size_t *n);
+
+/*
+ * Branch and snapshot names: 1..SNAP_NAME_MAX bytes, no '/', no control
+ * characters, not starting with '.' or '-'; unique across live branches and
+ * snapshots.  -EINVAL / -ENAMETOOLONG.
+ */
+int snap_name_check(const char *name);
+
+/*
+ * Snapshot branch @branch as @name: O(1), one instant across all its files
+ * (concurrent operations on the branch land wholly before or after), durable
+ * when it returns.  -ENOENT no such branch, -EISDIR @branch is a snapshot,
+ * -EEXIST name taken.  *id (may be NULL) gets the new snapshot's id.
+ */
+int snap_snapshot_create(struct snap *s, const char *branch, const char *name,
+			 uint32_t *id);
+/*
+ * New branch @name from @from (a branch, which is snapshotted implicitly at
+ * this instant, or a snapshot; NULL = main).  O(1), durable on return.
+ */
+int snap_branch_create(struct snap *s, const char *name, const char *from,
+		       uint32_t *id);
+/*
+ * Delete a branch (snapshot).  -EBUSY if files in it are open, unless
+ * @force.  Snapshots and branches made from it keep working; its space is
+ * given back by the pruner (in the background, or at snap_close / snap_gc).
+ */
+int snap_branch_delete(struct snap *s, const char *name, bool force);
+int snap_snapshot_delete(struct snap *s, const char *name, bool force);
+/*
+ * Reset branch @name to its branch point, or to snapshot @to: its content
+ * becomes exactly that instant's.  The branch gets a new id (*newid); -EINVAL
+ * for a branch without a parent and no @to; -EBUSY if open, unless @force.
+ */
+int snap_branch_reset(struct snap *s, const char *name, const char *to,
+		      bool force, uint32_t *newid);
+/* Rename a branch or a snapshot. */
+int snap_branch_rename(struct snap *s, const char *oldname,
+		       const char *newname);
+struct snap_du_ent {
+	uint32_t id;
+	bool is_snapshot;
+	char name[SNAP_NAME_MAX + 1];
+	uint64_t exclusive; /* stored bytes freed by deleting it alone */
+	uint64_t shared;    /* stored bytes of other blocks its tree shows */
+};
+/*
+ * Space per live branch and snapshot (branches first, each group sorted by
+ * name): *out is malloc()ed (caller frees), *total the stored bytes of the
+ * whole store.  @want_shared also computes shared (a scan per tree).
+ */
+int snap_du(struct snap *s, bool want_shared, struct snap_du_ent **out,
+	    size_t *n, uint64_t *total);
+
+/* Delete versions that no branch or snapshot needs any more (after
+ * deletions); the freed blocks go at the next snap_gc. */
+int snap_prune(struct snap *s);
 
 /* ---- metadata -------------------------------------------------------- */
 

@@ -37,6 +37,9 @@ struct snap_branch {
 	_Atomic uint64_t epoch; /* current epoch; changes under epoch_lock (W) */
 	uint64_t created_ns;
 	bool is_snapshot;
+	bool deleted;           /* kept only as an ancestor; see format.h */
+	bool gone;              /* pruned away: record and keys deleted */
+	bool prune_needed;      /* its readers shrank; protected by tree_lock */
 	char name[SNAP_NAME_MAX + 1];
 	pthread_rwlock_t epoch_lock;
 	pthread_mutex_t ns_lock;
@@ -91,6 +94,10 @@ struct snap {
 	bool gc_stop;            /* protected by gc_lock */
 	pthread_mutex_t gc_lock;
 	pthread_cond_t gc_cond;
+
+	pthread_mutex_t prune_lock; /* one pruner at a time */
+	bool prune_pending;         /* protected by gc_lock: wake the pruner */
+	uint32_t next_id;           /* protected by tree_lock (W) */
 };
 
 /* In-memory inode. */
@@ -191,4 +198,13 @@ int bmap_remove(struct op *op, struct kv_batch *b, struct snap_inode *in,
 int bmap_zero_tail(struct op *op, struct kv_batch *b, struct snap_inode *in,
 		   uint64_t size);
 int xattr_purge(struct op *op, struct kv_batch *b, uint64_t ino);
+/* Branch table (store.c); callers hold tree_lock as noted. */
+size_t branch_encode(const struct snap_branch *br, uint8_t *v);
+struct snap_branch *branch_new(void);
+void branch_free(struct snap_branch *br);
+void branch_key(uint8_t *k, const struct snap_branch *br);
+struct snap_branch *branch_by_id(struct snap *s, uint32_t id);
+int tree_build(struct snap *s, struct snap_branch *br, struct snap_tree **out);
+uint64_t now_ns(void);
+void prune_schedule(struct snap *s);
 #endif /* BFS_SNAP_INT_H */

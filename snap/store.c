@@ -28,7 +28,7 @@ static char *path_join(const char *a, const char *b)
 	return p;
 }
 
-static uint64_t now_ns(void)
+uint64_t now_ns(void)
 {
 	struct timespec ts;
 
@@ -38,12 +38,13 @@ static uint64_t now_ns(void)
 
 /* ---- branch records -------------------------------------------------- */
 
-static size_t branch_encode(const struct snap_branch *br, uint8_t *v)
+size_t branch_encode(const struct snap_branch *br, uint8_t *v)
 {
 	size_t nl = strlen(br->name);
 
 	memset(v, 0, BFS_REC_HDR_SIZE);
 	v[0] = BFS_REC_VERSION;
+	v[1] = br->deleted ? BFS_BRANCH_DELETED : 0;
 	bfs_put_u32(v + 2, br->parent_id);
 	bfs_put_u64(v + 6, br->parent_epoch);
 	bfs_put_u64(v + 14, atomic_load(&br->epoch));
@@ -53,7 +54,7 @@ static size_t branch_encode(const struct snap_branch *br, uint8_t *v)
 	return BFS_REC_HDR_SIZE + nl;
 }
 
-static struct snap_branch *branch_new(void)
+struct snap_branch *branch_new(void)
 {
 	struct snap_branch *br = calloc(1, sizeof(*br));
 
@@ -64,7 +65,7 @@ static struct snap_branch *branch_new(void)
 	return br;
 }
 
-static void branch_free(struct snap_branch *br)
+void branch_free(struct snap_branch *br)
 {
 	if (!br)
 		return;
@@ -89,6 +90,7 @@ static int branch_decode(uint32_t id, bool snapshot, const uint8_t *v,
 		return -ENOMEM;
 	br->id = id;
 	br->is_snapshot = snapshot;
+	br->deleted = v[1] & BFS_BRANCH_DELETED;
 	br->parent_id = bfs_get_u32(v + 2);
 	br->parent_epoch = bfs_get_u64(v + 6);
 	atomic_store(&br->epoch, bfs_get_u64(v + 14));
@@ -102,13 +104,13 @@ bad:
 	return -EIO;
 }
 
-static void branch_key(uint8_t *k, const struct snap_branch *br)
+void branch_key(uint8_t *k, const struct snap_branch *br)
 {
 	k[0] = br->is_snapshot ? BFS_PFX_SNAPSHOT : BFS_PFX_BRANCH;
 	bfs_put_u32(k + 1, br->id);
 }
 
-static struct snap_branch *branch_by_id(struct snap *s, uint32_t id)
+struct snap_branch *branch_by_id(struct snap *s, uint32_t id)
 {
 	for (size_t i = 0; i < s->nbranches; i++)
 		if (s->branches[i]->id == id)
@@ -119,7 +121,7 @@ static struct snap_branch *branch_by_id(struct snap *s, uint32_t id)
 /* ---- trees ----------------------------------------------------------- */
 
 /* Build the tree of branch or snapshot @br; called under tree_lock (W). */
-static int tree_build(struct snap *s, struct snap_branch *br,
+int tree_build(struct snap *s, struct snap_branch *br,
 		      struct snap_tree **out)
 {
 	struct snap_tree *t = calloc(1, sizeof(*t));
@@ -224,7 +226,8 @@ int snap_branch_find(struct snap *s, const char *name, uint32_t *id)
 	for (size_t i = 0; i < s->nbranches; i++) {
 		struct snap_branch *br = s->branches[i];
 
-		if (!br->is_snapshot && strcmp(br->name, name) == 0) {
+		if (!br->is_snapshot && !br->deleted &&
+		    strcmp(br->name, name) == 0) {
 			*id = br->id;
 			ret = 0;
 			break;
@@ -255,7 +258,7 @@ int snap_branch_list(struct snap *s, bool snapshots,
 	for (size_t i = 0; i < s->nbranches; i++) {
 		struct snap_branch *br = s->branches[i];
 
-		if (br->is_snapshot != snapshots)
+		if (br->is_snapshot != snapshots || br->deleted)
 			continue;
 		v[k].id = br->id;
 		v[k].parent_id = br->parent_id;
@@ -637,11 +640,16 @@ static int load_branches(struct snap *s)
 			ret = kv_iter_status(it);
 		kv_iter_free(it);
 	}
+	for (size_t i = 0; ret == 0 && i < s->nbranches; i++)
+		if (s->branches[i]->deleted)
+			s->branches[i]->prune_needed = true;
 	if (ret == 0 && !branch_by_id(s, SNAP_MAIN_ID))
 		kv_log("store has no branch main");
 	for (size_t i = 0; ret == 0 && i < s->nbranches; i++) {
 		struct snap_tree *t;
 
+		if (s->branches[i]->deleted)
+			continue;
 		ret = tree_build(s, s->branches[i], &t);
 		if (ret == 0) {
 			t->next = s->trees;
@@ -721,14 +729,20 @@ static void *gc_main(void *arg)
 	pthread_mutex_lock(&s->gc_lock);
 	while (!s->gc_stop) {
 		struct timespec ts;
+		bool prune;
 		int ret;
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;
-		pthread_cond_timedwait(&s->gc_cond, &s->gc_lock, &ts);
+		if (!s->prune_pending)
+			pthread_cond_timedwait(&s->gc_cond, &s->gc_lock, &ts);
 		if (s->gc_stop)
 			break;
+		prune = s->prune_pending;
+		s->prune_pending = false;
 		pthread_mutex_unlock(&s->gc_lock);
+		if (prune)
+			snap_prune(s);
 		ret = kv_gc(s->kv, 16384, NULL);
 		if (ret < 0)
 			kv_log("background gc: %s", strerror(-ret));
@@ -753,6 +767,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 	pthread_mutex_init(&s->ino_lock, NULL);
 	pthread_mutex_init(&s->open_lock, NULL);
 	pthread_mutex_init(&s->gc_lock, NULL);
+	pthread_mutex_init(&s->prune_lock, NULL);
 	pthread_cond_init(&s->gc_cond, NULL);
 	for (unsigned i = 0; i < SNAP_STRIPES; i++)
 		pthread_mutex_init(&s->stripes[i], NULL);
@@ -786,6 +801,16 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		goto out_free;
 	}
 	s->ino_reserved = s->next_ino;
+	{
+		uint64_t id;
+
+		ret = load_u64(s->kv, BFS_KEY_NEXT_ID, &id);
+		if (ret < 0) {
+			kv_log("store %s: cannot read the id counter", s->path);
+			goto out_free;
+		}
+		s->next_id = (uint32_t)id;
+	}
 	ret = load_branches(s);
 	if (ret < 0)
 		goto out_free;
@@ -822,7 +847,8 @@ void snap_close(struct snap *s)
 		pthread_mutex_unlock(&s->gc_lock);
 		pthread_join(s->gc_thread, NULL);
 	}
-	if (s->kv && !s->readonly) {
+	if (s->kv && !s->readonly && s->branches) {
+		snap_prune(s);
 		kv_gc(s->kv, 0, NULL);
 		kv_sync(s->kv);
 	}
@@ -852,6 +878,7 @@ void snap_close(struct snap *s)
 	pthread_mutex_destroy(&s->ino_lock);
 	pthread_mutex_destroy(&s->open_lock);
 	pthread_mutex_destroy(&s->gc_lock);
+	pthread_mutex_destroy(&s->prune_lock);
 	pthread_cond_destroy(&s->gc_cond);
 	free(s->path);
 	free(s);

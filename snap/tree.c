@@ -26,6 +26,11 @@ int op_begin(struct op *op, struct snap_tree *t, bool write)
 		if (t->readonly || t->s->readonly)
 			return -EROFS;
 		pthread_rwlock_rdlock(&t->br->epoch_lock);
+		if (t->br->deleted) {
+			/* a file left open on a deleted branch */
+			pthread_rwlock_unlock(&t->br->epoch_lock);
+			return -ENOENT;
+		}
 		op->write = true;
 	}
 	op->e0 = t->br ? atomic_load(&t->br->epoch) : t->lv[0].e;

@@ -135,11 +135,12 @@ for round in $(seq 1 "$ROUNDS"); do
 			pgl_die "garbage in ack file $f"
 		fi
 	done
-	cat "$W"/ack.* | sort -n >"$W/acked"
-	pgl_psql "$PORT" "$SOCK" -c "select id from acked order by id" | sort -n >"$W/present"
-	missing=$(comm -23 "$W/acked" "$W/present" | wc -l)
+	# comm needs the byte order of sort, not numeric order
+	cat "$W"/ack.* | LC_ALL=C sort >"$W/acked"
+	pgl_psql "$PORT" "$SOCK" -c "select id from acked" | LC_ALL=C sort >"$W/present"
+	missing=$(LC_ALL=C comm -23 "$W/acked" "$W/present" | wc -l)
 	if [ "$missing" -ne 0 ]; then
-		comm -23 "$W/acked" "$W/present" | head -n 20 >&2
+		LC_ALL=C comm -23 "$W/acked" "$W/present" | head -n 20 >&2
 		pgl_die "round $round: $missing of $(wc -l <"$W/acked") acknowledged ids are missing after recovery"
 	fi
 	pgl_log "round $round: all $(wc -l <"$W/acked") acknowledged ids present ($(wc -l <"$W/present") rows)"

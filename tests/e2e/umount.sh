@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Mount and unmount behaviours: umount returns only once the daemon has
+# exited and released the store (mount/umount/stats back to back); relative
+# paths; --foreground; -o options; an unmount by fusermount3 or a SIGTERM
+# to the daemon ends the daemon and loses nothing; umount of a busy mount
+# neither hangs nor breaks it; umount twice and of a stale mount.
+. "$(dirname "$0")/lib.sh"
+
+bfs_setup
+H=$BFS_WORK/host
+mkdir "$H"
+head -c $((3 * 1024 * 1024)) /dev/urandom >"$H/rand"
+
+bfs_step "mount / umount / stats back to back"
+for i in 1 2 3 4 5; do
+	head -c $((i * 10000)) "$H/rand" >"$D/f$i"
+	bfs_umount "$MNT"
+	"$BRANCHFS" stats "$STORE" >/dev/null || bfs_fail "stats right after umount (cycle $i)"
+	bfs_mount "$STORE" "$MNT"
+	cmp -n $((i * 10000)) "$H/rand" "$D/f$i" || bfs_fail "f$i after cycle $i"
+done
+for i in 1 2 3 4 5; do
+	[ "$(stat -c %s "$D/f$i")" = $((i * 10000)) ] || bfs_fail "f$i size"
+done
+
+bfs_step "umount twice"
+bfs_umount "$MNT"
+bfs_expect_fail any "$BRANCHFS" umount "$MNT"
+
+bfs_step "relative paths for mount and umount"
+(
+	cd "$BFS_WORK"
+	"$BRANCHFS" mount store mnt || bfs_fail "mount with relative paths"
+	bfs_is_mounted "$MNT" || bfs_fail "relative mount not in /proc/mounts"
+	cp host/rand mnt/main/relative || bfs_fail "write through a relative mount"
+	"$BRANCHFS" umount mnt/ || bfs_fail "umount mnt/ (relative, trailing slash)"
+)
+! bfs_is_mounted "$MNT" || bfs_fail "still mounted after relative umount"
+[ -z "$(bfs_daemon_pids "$STORE")" ] || bfs_fail "daemon alive after relative umount"
+[ -s "$STORE/branchfs.log" ] || bfs_fail "daemon of a relative store did not log to STORE/branchfs.log"
+bfs_mount "$STORE" "$MNT"
+bfs_same "$H/rand" "$D/relative"
+bfs_umount "$MNT"
+
+bfs_step "--foreground"
+"$BRANCHFS" mount "$STORE" "$MNT" --foreground 2>"$BFS_WORK/fg.log" &
+fg=$!
+BFS_MNT_STORE[$MNT]=$STORE
+for ((i = 0; i < 100; i++)); do
+	[ -d "$MNT/main" ] && break
+	kill -0 $fg 2>/dev/null || break
+	sleep 0.1
+done
+[ -d "$MNT/main" ] || {
+	cat "$BFS_WORK/fg.log" >&2
+	bfs_fail "--foreground mount did not come up in 10 s"
+}
+kill -0 $fg 2>/dev/null || bfs_fail "--foreground process exited while mounted"
+cp "$H/rand" "$D/fg"
+bfs_umount "$MNT"
+rc=0
+wait $fg || rc=$?
+[ $rc = 0 ] || bfs_fail "--foreground process exited $rc after umount"
+bfs_mount "$STORE" "$MNT"
+bfs_same "$H/rand" "$D/fg"
+
+bfs_step "fusermount3 -u: the daemon exits by itself and the store is free"
+pid=$(bfs_daemon_pid "$STORE")
+echo lazy >"$D/before-fusermount"
+fusermount3 -u "$MNT" || bfs_fail "fusermount3 -u"
+bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid still running 20 s after fusermount3 -u"
+unset "BFS_MNT_STORE[$MNT]"
+bfs_mount "$STORE" "$MNT"
+[ "$(cat "$D/before-fusermount")" = lazy ] || bfs_fail "data lost across fusermount3 -u"
+
+bfs_step "SIGTERM to the daemon: unmounts and exits cleanly"
+pid=$(bfs_daemon_pid "$STORE")
+cp "$H/rand" "$D/before-term"
+kill -TERM "$pid"
+bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGTERM for 20 s"
+if bfs_is_mounted "$MNT"; then
+	bfs_log "SIGTERM left the mount behind; branchfs umount cleans it"
+	bfs_umount "$MNT"
+fi
+unset "BFS_MNT_STORE[$MNT]"
+bfs_mount "$STORE" "$MNT"
+bfs_same "$H/rand" "$D/before-term"
+
+bfs_step "umount of a busy mount neither hangs nor breaks it"
+exec 7<"$D/before-term"
+rc=0
+timeout 60 "$BRANCHFS" umount "$MNT" 2>"$BFS_WORK/busy.err" || rc=$?
+[ $rc != 124 ] || bfs_fail "umount of a busy mount hung"
+if [ $rc = 0 ]; then
+	bfs_log "umount of a busy mount succeeded"
+	! bfs_is_mounted "$MNT" || bfs_fail "umount returned 0 but the mount is still there"
+	[ -z "$(bfs_daemon_pids "$STORE")" ] || bfs_fail "umount returned 0 but the daemon is alive"
+	exec 7<&-
+	unset "BFS_MNT_STORE[$MNT]"
+	bfs_mount "$STORE" "$MNT"
+else
+	bfs_log "umount of a busy mount refused ($rc): $(cat "$BFS_WORK/busy.err")"
+	[ -s "$BFS_WORK/busy.err" ] || bfs_fail "busy umount failed silently"
+	cmp - "$H/rand" <&7 || bfs_fail "open file unreadable after a refused umount"
+	bfs_same "$H/rand" "$D/before-term"
+	exec 7<&-
+fi
+
+bfs_step "-o ro"
+bfs_umount "$MNT"
+bfs_mount "$STORE" "$MNT" -o ro
+out=$(touch "$D/new" 2>&1) && bfs_fail "created a file on a read-only mount"
+grep -q "Read-only file system" <<<"$out" || bfs_fail "write on -o ro said '$out'"
+bfs_same "$H/rand" "$D/before-term"
+bfs_umount "$MNT"
+
+bfs_step "umount of a stale mount, twice"
+bfs_mount "$STORE" "$MNT"
+pid=$(bfs_daemon_pid "$STORE")
+kill -KILL "$pid"
+bfs_wait_gone "$pid" 20 || bfs_fail "daemon survived SIGKILL"
+bfs_umount "$MNT"
+bfs_expect_fail any "$BRANCHFS" umount "$MNT"
+bfs_mount "$STORE" "$MNT"
+bfs_same "$H/rand" "$D/before-term"
+bfs_umount "$MNT"
