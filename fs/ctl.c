@@ -17,6 +17,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
 #include "ctl_proto.h"
 #include "fs_int.h"
 
@@ -79,6 +82,25 @@ static int do_stats(struct fs *fs, struct reply *r)
 	return 0;
 }
 
+/* A branch or snapshot name changed meaning: drop the kernel's dentry so
+ * the mount shows the change at once. */
+static void invalidate(struct fs *fs, char **argv)
+{
+	fuse_ino_t parent = 1; /* mount root */
+
+	if (!strcmp(argv[0], "snapshot-delete"))
+		parent = 2; /* .snapshots */
+	else if (strcmp(argv[0], "branch-delete") &&
+		 strcmp(argv[0], "branch-reset") &&
+		 strcmp(argv[0], "branch-rename"))
+		return;
+	fuse_lowlevel_notify_inval_entry(fs->se, parent, argv[1],
+					 strlen(argv[1]));
+	if (!strcmp(argv[0], "branch-rename"))
+		fuse_lowlevel_notify_inval_entry(fs->se, 2, argv[1],
+						 strlen(argv[1]));
+}
+
 /* Run one request; returns the status to send. */
 static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 {
@@ -95,8 +117,17 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 			ret = snap_sync(fs->s);
 		return ret;
 	}
-	rprintf(r, "unknown request '%s'\n", argc ? argv[0] : "");
-	return -EINVAL;
+	{
+		char *text = NULL;
+		int ret = snap_command(fs->s, argc, argv, &text);
+
+		if (text)
+			rprintf(r, "%s", text);
+		free(text);
+		if (ret == 0 && argc >= 2 && fs->se)
+			invalidate(fs, argv);
+		return ret;
+	}
 }
 
 static int read_full(int fd, void *buf, size_t n)

@@ -469,7 +469,13 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Readers of branch @b (sorted epochs; UINT64_MAX = the live head). */
+/*
+ * The live head reads every version: its epoch is HEAD_READER, above any
+ * real epoch, and below UINT64_MAX, which stands for "no newer version".
+ */
+#define HEAD_READER (UINT64_MAX - 1)
+
+/* Readers of branch @b (sorted epochs; HEAD_READER = the live head). */
 static int readers_of(struct snap *s, const struct snap_branch *br,
 		      uint64_t **out, size_t *n)
 {
@@ -479,7 +485,7 @@ static int readers_of(struct snap *s, const struct snap_branch *br,
 	if (!r)
 		return -ENOMEM;
 	if (!br->deleted && !br->is_snapshot)
-		r[k++] = UINT64_MAX;
+		r[k++] = HEAD_READER;
 	for (size_t i = 0; i < s->nbranches; i++) {
 		const struct snap_branch *c = s->branches[i];
 

@@ -123,8 +123,9 @@ static int readers(struct snap *s, const struct snap_branch *br,
 
 	if (!r)
 		return -ENOMEM;
-	if (!br->deleted)
-		r[k++] = (struct rdr){ UINT64_MAX, ent_index(ents, nents, br->id) };
+	if (!br->deleted) /* the head reads every version; below "no newer" */
+		r[k++] = (struct rdr){ UINT64_MAX - 1,
+				       ent_index(ents, nents, br->id) };
 	for (size_t i = 0; i < s->nbranches; i++) {
 		const struct snap_branch *c = s->branches[i];
 		int32_t o;

@@ -36,8 +36,35 @@ static size_t dirent_obj(uint8_t *obj, uint64_t dir, const char *name)
 	return 8 + nl + 1;
 }
 
+/*
+ * A running postgres's postmaster.pid, inherited by a new branch, would make
+ * a postgres started on the branch refuse to start (the pid is alive).  In
+ * a writable tree, a "postmaster.pid" whose visible dirent comes from an
+ * ancestor (level > 0) is therefore hidden: lookup and readdir do not show
+ * it and creating the name replaces it.  Snapshots show it unchanged.
+ */
+#define PG_PIDFILE "postmaster.pid"
+
+static bool hidden_inherited(const struct op *op, const char *name, int level)
+{
+	return level > 0 && !op->t->readonly && strcmp(name, PG_PIDFILE) == 0;
+}
+
+static int dirent_get_lv(struct op *op, uint64_t dir, const char *name,
+			 uint64_t *ino, uint32_t *type, int *level);
+
 int dirent_get(struct op *op, uint64_t dir, const char *name, uint64_t *ino,
 	       uint32_t *type)
+{
+	int level, ret = dirent_get_lv(op, dir, name, ino, type, &level);
+
+	if (ret == 0 && hidden_inherited(op, name, level))
+		return -ENOENT;
+	return ret;
+}
+
+static int dirent_get_lv(struct op *op, uint64_t dir, const char *name,
+			 uint64_t *ino, uint32_t *type, int *level)
 {
 	uint8_t obj[8 + 256 + 1];
 	struct vres r;
@@ -62,6 +89,7 @@ int dirent_get(struct op *op, uint64_t dir, const char *name, uint64_t *ino,
 	*ino = bfs_get_u64(r.val);
 	if (type)
 		*type = (uint32_t)((const uint8_t *)r.val)[8] << 12;
+	*level = r.level;
 	free(r.val);
 	return 0;
 }
@@ -296,9 +324,25 @@ static int create_common(struct snap_tree *t, uint64_t dir, const char *name,
 		return nsop_end(&n, ret);
 	if (d->nlink == 0)
 		return nsop_end(&n, -ENOENT);
-	ret = dirent_get(&n.op, dir, name, &old, NULL);
-	if (ret == 0)
-		return nsop_end(&n, -EEXIST);
+	{
+		int level;
+
+		ret = dirent_get_lv(&n.op, dir, name, &old, NULL, &level);
+		if (ret == 0 && hidden_inherited(&n.op, name, level)) {
+			/* replace the inherited pid file: drop its link */
+			struct snap_inode *o = iset_get(&n.op, &n.is, old, &ret);
+
+			if (!o)
+				return nsop_end(&n, ret);
+			if (o->nlink)
+				o->nlink--;
+			iset_dirty(&n.is, o);
+			d->size--;
+			ret = -ENOENT;
+		} else if (ret == 0) {
+			return nsop_end(&n, -EEXIST);
+		}
+	}
 	if (ret != -ENOENT)
 		return nsop_end(&n, ret);
 
@@ -833,6 +877,21 @@ int snap_readdir(struct snap_tree *t, uint64_t dir, struct snap_dirent **out,
 		acc = m;
 		if (ret < 0)
 			goto out;
+	}
+
+	/* Hide an inherited postmaster.pid (see hidden_inherited). */
+	if (!t->readonly) {
+		for (size_t i = 0; i < acc.n; i++) {
+			uint64_t ino;
+			int level;
+
+			if (acc.dead[i] || strcmp(dname(&acc, i), PG_PIDFILE))
+				continue;
+			if (dirent_get_lv(&op, dir, PG_PIDFILE, &ino, NULL,
+					  &level) == 0 &&
+			    hidden_inherited(&op, PG_PIDFILE, level))
+				acc.dead[i] = true;
+		}
 	}
 
 	/* One block: entries, then names. */

@@ -192,6 +192,16 @@ struct snap_du_ent {
 int snap_du(struct snap *s, bool want_shared, struct snap_du_ent **out,
 	    size_t *n, uint64_t *total);
 
+/*
+ * Run one branch/snapshot command given as words (the control-socket
+ * protocol, fs/ctl_proto.h): snapshot-create BRANCH NAME, snapshot-list,
+ * snapshot-delete NAME [--force], branch-create NAME [FROM], branch-list,
+ * branch-delete NAME [--force], branch-reset NAME [SNAPSHOT] [--force],
+ * branch-rename OLD NEW, du, gc, pgcheck BRANCH.  *reply is a malloc()ed
+ * text (data lines, or an error message when the return is -errno).
+ */
+int snap_command(struct snap *s, int argc, char **argv, char **reply);
+
 /* Delete versions that no branch or snapshot needs any more (after
  * deletions); the freed blocks go at the next snap_gc. */
 int snap_prune(struct snap *s);

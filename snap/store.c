@@ -917,6 +917,8 @@ int snap_stats(struct snap *s, struct snap_stats *st)
 	st->db_bytes = ks.sst_bytes + ks.wal_bytes;
 	pthread_rwlock_rdlock(&s->tree_lock);
 	for (size_t i = 0; i < s->nbranches; i++) {
+		if (s->branches[i]->deleted)
+			continue;
 		if (s->branches[i]->is_snapshot)
 			st->snapshots++;
 		else

@@ -77,6 +77,7 @@ run_one() {
 		echo "FAIL $kind/$name (skipped, and BRANCHFS_ALLOW_SKIP is not 1; ${secs}s)"
 	elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
 		echo "FAIL $kind/$name (timed out after ${limit}s)"
+		sweep "$name"
 	else
 		echo "FAIL $kind/$name (exit $rc, ${secs}s)"
 	fi
@@ -85,6 +86,22 @@ run_one() {
 	echo "---- last 60 lines of $log ----"
 	tail -n 60 "$log"
 	echo "---- end of $log ----"
+}
+
+# sweep NAME: after a test timed out (and was killed before its own
+# cleanup could finish), abort and lazily unmount the FUSE mounts left in
+# its work directories (lib.sh names them $TMPDIR/branchfs-NAME.XXXXXX).
+sweep() {
+	local prefix=${TMPDIR:-/tmp}/branchfs-$1. _id _parent devno _root mp _rest
+	while read -r _id _parent devno _root mp _rest; do
+		mp=$(printf '%b' "$mp")
+		[[ $mp == "$prefix"* ]] || continue
+		echo "run.sh: $1 timed out; aborting and unmounting $mp"
+		if [ -w "/sys/fs/fuse/connections/${devno#*:}/abort" ]; then
+			echo 1 >"/sys/fs/fuse/connections/${devno#*:}/abort"
+		fi
+		fusermount3 -uz "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
+	done < <(sort -r -k5 /proc/self/mountinfo)
 }
 
 # fail_setup KIND NAME WHY: a test that could not even start.

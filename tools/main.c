@@ -524,6 +524,397 @@ static int cmd_stats(int argc, char **argv)
 	return 0;
 }
 
+
+/* ---- branch and snapshot commands ---------------------------------------- */
+
+struct bargs {
+	const char *store, *from, *to, *checkpoint;
+	bool json, force;
+	const char *pos[4];
+	int npos;
+};
+
+/* Parse the options shared by branch/snapshot/du/gc; -1 on a usage error. */
+static int parse_bargs(int argc, char **argv, struct bargs *a)
+{
+	memset(a, 0, sizeof(*a));
+	for (int i = 1; i < argc; i++) {
+		const char *o = argv[i];
+		const char **dst = NULL;
+
+		if (!strcmp(o, "--json"))
+			a->json = true;
+		else if (!strcmp(o, "--force"))
+			a->force = true;
+		else if (!strcmp(o, "-s") || !strcmp(o, "--store"))
+			dst = &a->store;
+		else if (!strcmp(o, "--from"))
+			dst = &a->from;
+		else if (!strcmp(o, "--to"))
+			dst = &a->to;
+		else if (!strcmp(o, "--checkpoint"))
+			dst = &a->checkpoint;
+		else if (o[0] == '-' && o[1]) {
+			die_msg("unknown option %s", o);
+			return -1;
+		} else if (a->npos < 4)
+			a->pos[a->npos++] = o;
+		else
+			return -1;
+		if (dst) {
+			if (i + 1 >= argc) {
+				die_msg("option %s needs a value", o);
+				return -1;
+			}
+			*dst = argv[++i];
+		}
+	}
+	if (!a->store)
+		a->store = getenv("BRANCHFS_STORE");
+	if (!a->store) {
+		die_msg("no store given: use -s STORE or set BRANCHFS_STORE");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Run request @words on @store: through the daemon when it is mounted,
+ * else by opening the store here.  Prints the error text on failure.
+ */
+static int request(const char *store, int n, const char **words, char **reply)
+{
+	int ret;
+
+	if (!check_store(store))
+		return -ENOENT;
+	ret = ctl_call(store, n, words, reply);
+	if (ret == -ENOTCONN) {
+		struct snap *s;
+
+		free(*reply);
+		*reply = NULL;
+		ret = snap_open(store, 0, &s);
+		if (ret < 0) {
+			die_msg("cannot open store %s: %s", store, open_error(ret));
+			return ret;
+		}
+		ret = snap_command(s, n, (char **)words, reply);
+		snap_close(s);
+	} else if (ret == -EACCES && (!*reply || !**reply)) {
+		die_msg("the daemon of %s refused the request", store);
+		return ret;
+	} else if (ret == -EPROTO) {
+		die_msg("no valid answer from the daemon of %s", store);
+		return ret;
+	}
+	if (ret < 0) {
+		const char *msg = *reply && **reply ? *reply : strerror(-ret);
+		size_t l = strlen(msg);
+
+		fprintf(stderr, "branchfs: %.*s\n", (int)(l && msg[l - 1] == '\n' ? l - 1 : l), msg);
+	}
+	return ret;
+}
+
+static void json_str(const char *v)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+static bool all_digits(const char *v)
+{
+	if (!*v)
+		return false;
+	for (; *v; v++)
+		if (*v < '0' || *v > '9')
+			return false;
+	return true;
+}
+
+/* Print tab-separated key=value records as a table or a JSON array. */
+static void print_records(const char *text, bool json)
+{
+	char *copy = strdup(text ? text : ""), *save = NULL, *line;
+	char *rows[4096][12], *keys[12];
+	int nrow = 0, ncol = 0;
+	size_t width[12] = { 0 };
+
+	if (!copy)
+		return;
+	for (line = strtok_r(copy, "\n", &save); line && nrow < 4096;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *fs = NULL, *f;
+		int c = 0;
+
+		if (!strchr(line, '='))
+			continue;
+		for (f = strtok_r(line, "\t", &fs); f && c < 12;
+		     f = strtok_r(NULL, "\t", &fs), c++) {
+			char *eq = strchr(f, '=');
+
+			if (!eq)
+				break;
+			*eq = 0;
+			if (nrow == 0)
+				keys[c] = f;
+			rows[nrow][c] = eq + 1;
+		}
+		if (nrow == 0)
+			ncol = c;
+		for (; c < ncol; c++)
+			rows[nrow][c] = "";
+		nrow++;
+	}
+	if (json) {
+		printf("[");
+		for (int r = 0; r < nrow; r++) {
+			printf("%s{", r ? ", " : "");
+			for (int c = 0; c < ncol; c++) {
+				printf("%s", c ? ", " : "");
+				json_str(keys[c]);
+				printf(": ");
+				if (all_digits(rows[r][c]))
+					printf("%s", rows[r][c]);
+				else
+					json_str(rows[r][c]);
+			}
+			printf("}");
+		}
+		printf("]\n");
+		free(copy);
+		return;
+	}
+	for (int c = 0; c < ncol; c++) {
+		width[c] = strlen(keys[c]);
+		for (int r = 0; r < nrow; r++)
+			if (strlen(rows[r][c]) > width[c])
+				width[c] = strlen(rows[r][c]);
+	}
+	for (int c = 0; c < ncol && nrow; c++) {
+		for (const char *k = keys[c]; *k; k++)
+			putchar(*k >= 'a' && *k <= 'z' ? *k - 32 : *k);
+		printf("%*s", c + 1 < ncol ? (int)(width[c] - strlen(keys[c]) + 2) : 0, "");
+	}
+	if (nrow)
+		putchar('\n');
+	for (int r = 0; r < nrow; r++) {
+		for (int c = 0; c < ncol; c++)
+			printf("%-*s", c + 1 < ncol ? (int)width[c] + 2 : 0, rows[r][c]);
+		putchar('\n');
+	}
+	free(copy);
+}
+
+/* CHECKPOINT through psql before a snapshot of a running postgres. */
+static int run_checkpoint(const char *url)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		execlp("psql", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+		       url, "-c", "CHECKPOINT", (char *)NULL);
+		execl("/usr/lib/postgresql/15/bin/psql", "psql", "-X", "-q", "-v",
+		      "ON_ERROR_STOP=1", "-d", url, "-c", "CHECKPOINT",
+		      (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status) != 0) {
+		die_msg("CHECKPOINT through %s failed: no snapshot taken", url);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Warn about pg_wal / pg_tblspc symlinks that leave branch @branch. */
+static void warn_pg_links(const char *store, const char *branch)
+{
+	const char *w[] = { "pgcheck", branch };
+	char *reply = NULL;
+
+	if (ctl_call(store, 2, w, &reply) == -ENOTCONN) {
+		struct snap *s;
+
+		free(reply);
+		reply = NULL;
+		if (snap_open(store, 0, &s) < 0)
+			return;
+		snap_command(s, 2, (char **)w, &reply);
+		snap_close(s);
+	}
+	for (char *p = reply; p && *p;) {
+		char *eol = strchr(p, '\n');
+
+		if (eol)
+			*eol = 0;
+		if (!strncmp(p, "warning=", 8))
+			fprintf(stderr, "branchfs: warning: %s\n", p + 8);
+		p = eol ? eol + 1 : NULL;
+	}
+	free(reply);
+}
+
+static int print_created(const char *what, const char *name, const char *reply,
+			 bool json, double ms)
+{
+	char v[64];
+	const char *us = ctl_field(reply, "elapsed_us", v, sizeof(v));
+	double inner = us ? atof(us) / 1000.0 : 0;
+
+	if (json)
+		printf("{\"%s\": \"%s\", \"ms\": %.3f, \"store_ms\": %.3f}\n",
+		       what, name, ms, inner);
+	else
+		printf("created %s %s (%.1f ms)\n", what, name, ms);
+	return 0;
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmd_snapshot(int argc, char **argv)
+{
+	struct bargs a;
+	char *reply = NULL;
+	const char *sub = argc > 1 ? argv[1] : "";
+	int ret = 1;
+	double t0 = now_ms();
+
+	if (parse_bargs(argc - 1, argv + 1, &a) < 0)
+		return usage_err("snapshot");
+	if (!strcmp(sub, "create") && a.npos == 2) {
+		const char *w[] = { "snapshot-create", a.pos[0], a.pos[1] };
+
+		if (a.checkpoint && run_checkpoint(a.checkpoint) < 0)
+			return 1;
+		warn_pg_links(a.store, a.pos[0]);
+		t0 = now_ms();
+		if (request(a.store, 3, w, &reply) == 0)
+			ret = print_created("snapshot", a.pos[1], reply, a.json,
+					    now_ms() - t0);
+	} else if (!strcmp(sub, "list") && a.npos == 0) {
+		const char *w[] = { "snapshot-list" };
+
+		if (request(a.store, 1, w, &reply) == 0) {
+			print_records(reply, a.json);
+			ret = 0;
+		}
+	} else if (!strcmp(sub, "delete") && a.npos == 1) {
+		const char *w[] = { "snapshot-delete", a.pos[0], "--force" };
+
+		if (request(a.store, a.force ? 3 : 2, w, &reply) == 0)
+			ret = 0;
+	} else {
+		return usage_err("snapshot");
+	}
+	free(reply);
+	return ret;
+}
+
+static int cmd_branch(int argc, char **argv)
+{
+	struct bargs a;
+	char *reply = NULL;
+	const char *sub = argc > 1 ? argv[1] : "";
+	int ret = 1;
+
+	if (parse_bargs(argc - 1, argv + 1, &a) < 0)
+		return usage_err("branch");
+	if (!strcmp(sub, "create") && a.npos == 1) {
+		const char *w[] = { "branch-create", a.pos[0], a.from ? a.from : "main" };
+		double t0;
+
+		if (a.checkpoint && run_checkpoint(a.checkpoint) < 0)
+			return 1;
+		warn_pg_links(a.store, a.from ? a.from : "main");
+		t0 = now_ms();
+		if (request(a.store, 3, w, &reply) == 0)
+			ret = print_created("branch", a.pos[0], reply, a.json,
+					    now_ms() - t0);
+	} else if (!strcmp(sub, "list") && a.npos == 0) {
+		const char *w[] = { "branch-list" };
+
+		if (request(a.store, 1, w, &reply) == 0) {
+			print_records(reply, a.json);
+			ret = 0;
+		}
+	} else if (!strcmp(sub, "delete") && a.npos == 1) {
+		const char *w[] = { "branch-delete", a.pos[0], "--force" };
+
+		if (request(a.store, a.force ? 3 : 2, w, &reply) == 0)
+			ret = 0;
+	} else if (!strcmp(sub, "reset") && a.npos == 1) {
+		const char *w[4] = { "branch-reset", a.pos[0] };
+		int n = 2;
+
+		if (a.to)
+			w[n++] = a.to;
+		if (a.force)
+			w[n++] = "--force";
+		if (request(a.store, n, w, &reply) == 0)
+			ret = 0;
+	} else if (!strcmp(sub, "rename") && a.npos == 2) {
+		const char *w[] = { "branch-rename", a.pos[0], a.pos[1] };
+
+		if (request(a.store, 3, w, &reply) == 0)
+			ret = 0;
+	} else {
+		return usage_err("branch");
+	}
+	free(reply);
+	return ret;
+}
+
+static int cmd_du(int argc, char **argv)
+{
+	struct bargs a;
+	char *reply = NULL;
+	const char *w[] = { "du" };
+	int ret = 1;
+
+	if (parse_bargs(argc, argv, &a) < 0 || a.npos)
+		return usage_err("du");
+	if (request(a.store, 1, w, &reply) == 0) {
+		print_records(reply, a.json);
+		ret = 0;
+	}
+	free(reply);
+	return ret;
+}
+
+static int cmd_gc(int argc, char **argv)
+{
+	struct bargs a;
+	char *reply = NULL;
+	const char *w[] = { "gc" };
+	int ret = 1;
+
+	if (parse_bargs(argc, argv, &a) < 0 || a.npos)
+		return usage_err("gc");
+	if (request(a.store, 1, w, &reply) == 0)
+		ret = 0;
+	free(reply);
+	return ret;
+}
+
 static int cmd_version(int argc, char **argv)
 {
 	if (argc != 1)
@@ -555,6 +946,26 @@ static const struct cli_cmd cmds[] = {
 	  "dedup and compression), block count and compression ratio. Works on\n"
 	  "a mounted store (through its daemon) and an unmounted one. STORE\n"
 	  "defaults to $BRANCHFS_STORE." },
+	{ "snapshot", cmd_snapshot,
+	  "snapshot create BRANCH NAME [--checkpoint PGURL] | list | delete NAME [--force]  [-s STORE] [--json]",
+	  "Snapshots are read-only, instant (O(1)) images of a branch, browsable\n"
+	  "at MNT/.snapshots/NAME. 'create' takes one instant across all files\n"
+	  "even while postgres writes; --checkpoint runs CHECKPOINT through psql\n"
+	  "first. The store is -s STORE or $BRANCHFS_STORE; mounted or not." },
+	{ "branch", cmd_branch,
+	  "branch create NAME [--from BRANCH|SNAPSHOT] [--checkpoint PGURL] | list | delete NAME [--force] | reset NAME [--to SNAPSHOT] [--force] | rename OLD NEW  [-s STORE] [--json]",
+	  "Branches are writable trees, MNT/NAME. 'create' is instant; from a\n"
+	  "branch (default main) it snapshots that instant implicitly. 'delete'\n"
+	  "refuses while files are open unless --force; its space comes back in\n"
+	  "the background ('branchfs gc' waits for it). 'reset' makes the branch\n"
+	  "its branch point again, or the snapshot given with --to. A postgres\n"
+	  "running on the parent does not stop one from starting on the branch." },
+	{ "du", cmd_du, "du [-s STORE] [--json]",
+	  "Per branch and snapshot: exclusive bytes (freed by deleting it) and\n"
+	  "shared bytes (other stored bytes its tree shows); then store totals." },
+	{ "gc", cmd_gc, "gc [-s STORE]",
+	  "Give back now the space of deleted branches and snapshots and of\n"
+	  "overwritten data (otherwise done in the background)." },
 	{ "version", cmd_version, "version", "Print the version." },
 	{ "help", cmd_help, "help [COMMAND]", "Show help." },
 };

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Concurrent writers: to disjoint ranges of one file (range boundaries and
 # interleaved stripes inside 8 KiB blocks, so writers share blocks), O_APPEND
-# writers to one log, and many processes creating, writing, fsyncing,
-# renaming and removing many files at once.  Every result is compared with
+# writers to one log, many processes creating, writing, fsyncing, renaming
+# and removing many files at once, and processes moving files and
+# directories between two directories (link counts stay right).  Every result is compared with
 # the same data written on the host disk, then again after a remount.
 . "$(dirname "$0")/lib.sh"
 
@@ -95,6 +96,35 @@ if ($mode eq 'range') {       # SRC DST START END CHUNK: copy [START,END)
 			unlink("$_/p$id-f" . ($j - 1)) for ($md, $hd);
 		}
 	}
+} elsif ($mode eq 'renames') { # ROOT ID COUNT SEED: own files and dirs hop between d1 and d2
+	my ($root, $id, $count, $seed) = @ARGV;
+	srand($seed);
+	my @where;
+	for my $k (0 .. 19) {
+		my $kind = $k < 15 ? 'f' : 'd';
+		my $name = "p$id-$kind$k";
+		if ($kind eq 'f') {
+			open(my $f, '>', "$root/d1/$name") or die "$!";
+			print $f "$name\n";
+			close($f) or die "$!";
+		} else {
+			mkdir("$root/d1/$name") or die "mkdir: $!";
+			open(my $f, '>', "$root/d1/$name/inside") or die "$!";
+			print $f "$name\n";
+			close($f) or die "$!";
+		}
+		$where[$k] = 'd1';
+	}
+	for (1 .. $count) {
+		my $k = int(rand(20));
+		my $name = "p$id-" . ($k < 15 ? 'f' : 'd') . $k;
+		my $to = $where[$k] eq 'd1' ? 'd2' : 'd1';
+		rename("$root/$where[$k]/$name", "$root/$to/$name")
+			or die "rename $where[$k]/$name -> $to: $!";
+		$where[$k] = $to;
+	}
+	open(my $out, '>', "$root/../where-$id") or die "$!";
+	print $out "$where[$_]/p$id-" . ($_ < 15 ? 'f' : 'd') . "$_\n" for 0 .. 19;
 } else {
 	die "unknown mode $mode";
 }
@@ -177,6 +207,37 @@ n=$(find "$D/many" -type f | wc -l)
 [ "$n" = "$(find "$H/many" -type f | wc -l)" ] || bfs_fail "file count $n"
 bfs_log "$n files"
 
+bfs_step "4 processes x 3000 renames of files and directories between two directories"
+mkdir -p "$D/ren/d1" "$D/ren/d2"
+pids=()
+for ((i = 0; i < 4; i++)); do
+	wr renames "$D/ren" $i 3000 $((50 + i)) &
+	pids+=($!)
+done
+waitall "${pids[@]}"
+check_renames() {
+	local i e n1 n2 s1 s2
+	for ((i = 0; i < 4; i++)); do
+		while read -r e; do
+			if [[ $e == */p$i-d* ]]; then
+				[ "$(cat "$D/ren/$e/inside")" = "${e#*/}" ] || bfs_fail "directory $e lost its file"
+			else
+				[ "$(cat "$D/ren/$e")" = "${e#*/}" ] || bfs_fail "file $e lost"
+			fi
+		done <"$D/where-$i"
+	done
+	n1=$(ls "$D/ren/d1" | wc -l)
+	n2=$(ls "$D/ren/d2" | wc -l)
+	[ $((n1 + n2)) = 80 ] || bfs_fail "$n1 + $n2 entries in d1 and d2, want 80"
+	s1=$(find "$D/ren/d1" -mindepth 1 -maxdepth 1 -type d | wc -l)
+	s2=$(find "$D/ren/d2" -mindepth 1 -maxdepth 1 -type d | wc -l)
+	[ "$(stat -c %h "$D/ren/d1")" = $((2 + s1)) ] ||
+		bfs_fail "d1 has $s1 subdirectories but nlink $(stat -c %h "$D/ren/d1")"
+	[ "$(stat -c %h "$D/ren/d2")" = $((2 + s2)) ] ||
+		bfs_fail "d2 has $s2 subdirectories but nlink $(stat -c %h "$D/ren/d2")"
+}
+check_renames
+
 bfs_step "concurrent readers and writers of different files, with fsyncs"
 pids=()
 for ((i = 0; i < 4; i++)); do
@@ -201,4 +262,5 @@ bfs_same "$H/src" "$D/stripes-2"
 bfs_same "$H/src" "$D/stripes-3"
 [ "$(wc -l <"$D/log")" = $((W * 2000)) ] || bfs_fail "log lost lines"
 diff -r "$H/many" "$D/many" >&2 || bfs_fail "many files differ after remount"
+check_renames
 bfs_umount "$MNT"
