@@ -94,6 +94,10 @@ enum bfs_codec {
  *   'S' | id (u32 BE)                     snapshot record (struct below)
  *   'Q' | hash (16)                       GC queue: hash whose count was
  *                                         decremented; value empty
+ *   'P' | branch (u32 BE)                 prune pending: the branch lost a
+ *                                         reader (written in the batch that
+ *                                         removed it, deleted when the pruner
+ *                                         is done); value empty
  *   'O' | branch (u32 BE) | ino (u64 BE)  orphan: inode with nlink 0 still
  *                                         open at the time; purged at the
  *                                         next open of the store; value empty
@@ -133,6 +137,7 @@ enum bfs_codec {
 #define BFS_PFX_SNAPSHOT 'S'
 #define BFS_PFX_GCQ 'Q'
 #define BFS_PFX_ORPHAN 'O'
+#define BFS_PFX_PRUNE 'P'
 #define BFS_REC_VERSION 1u
 #define BFS_REC_HDR_SIZE 32u
 #define BFS_BRANCH_DELETED 0x01u

@@ -123,6 +123,19 @@ static void put_next_id(struct kv_batch *b, uint32_t next)
 	kv_batch_put(b, KV_CF_SYS, BFS_KEY_NEXT_ID, strlen(BFS_KEY_NEXT_ID), v, 4);
 }
 
+/* Persist "branch @id needs pruning" (or clear it) in batch @b. */
+static void prune_mark(struct kv_batch *b, uint32_t id, bool set)
+{
+	uint8_t k[5];
+
+	k[0] = BFS_PFX_PRUNE;
+	bfs_put_u32(k + 1, id);
+	if (set)
+		kv_batch_put(b, KV_CF_SYS, k, 5, "", 0);
+	else
+		kv_batch_delete(b, KV_CF_SYS, k, 5);
+}
+
 static int commit_sync(struct snap *s, struct kv_batch *b)
 {
 	int ret = kv_commit(s->kv, b);
@@ -281,6 +294,7 @@ static int mark_deleted(struct snap *s, struct snap_branch *br,
 	pthread_rwlock_wrlock(&br->epoch_lock);
 	br->deleted = true;
 	put_record(b, br);
+	prune_mark(b, br->id, true);
 	ret = commit_sync(s, b);
 	if (ret < 0)
 		br->deleted = false;
@@ -342,6 +356,7 @@ int snap_snapshot_delete(struct snap *s, const char *name, bool force)
 	b = kv_batch_new();
 	branch_key(k, br);
 	kv_batch_delete(b, KV_CF_SYS, k, 5);
+	prune_mark(b, br->parent_id, true);
 	ret = commit_sync(s, b);
 	kv_batch_free(b);
 	if (ret == 0) {
@@ -585,6 +600,9 @@ static int drop_record(struct snap *s, struct snap_branch *br)
 
 	branch_key(k, br);
 	kv_batch_delete(b, KV_CF_SYS, k, 5);
+	prune_mark(b, br->id, false);
+	if (br->parent_id)
+		prune_mark(b, br->parent_id, true);
 	lo[0] = hi[0] = BFS_PFX_ORPHAN;
 	bfs_put_u32(lo + 1, br->id);
 	bfs_put_u32(hi + 1, br->id + 1);
@@ -635,6 +653,13 @@ int snap_prune(struct snap *s)
 			gone = br->deleted && n == 0;
 			ret = prune_keys(s, br->id, r, n, &freed);
 			free(r);
+			if (ret == 0 && !gone) {
+				struct kv_batch *b = kv_batch_new();
+
+				prune_mark(b, br->id, false);
+				ret = kv_commit(s->kv, b);
+				kv_batch_free(b);
+			}
 			if (ret == 0 && gone) {
 				ret = drop_record(s, br);
 				if (ret == 0) {

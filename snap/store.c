@@ -643,6 +643,22 @@ static int load_branches(struct snap *s)
 	for (size_t i = 0; ret == 0 && i < s->nbranches; i++)
 		if (s->branches[i]->deleted)
 			s->branches[i]->prune_needed = true;
+	if (ret == 0) {
+		/* prunes interrupted by a crash resume */
+		uint8_t lo[1] = { BFS_PFX_PRUNE }, hi[1] = { BFS_PFX_PRUNE + 1 };
+		struct kv_iter *it = kv_iter_new(s->kv, KV_CF_SYS, lo, 1, hi, 1);
+
+		for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
+			size_t kl;
+			const uint8_t *k = kv_iter_key(it, &kl);
+			struct snap_branch *br;
+
+			if (kl == 5 && (br = branch_by_id(s, bfs_get_u32(k + 1))))
+				br->prune_needed = true;
+		}
+		ret = kv_iter_status(it);
+		kv_iter_free(it);
+	}
 	if (ret == 0 && !branch_by_id(s, SNAP_MAIN_ID))
 		kv_log("store has no branch main");
 	for (size_t i = 0; ret == 0 && i < s->nbranches; i++) {
@@ -826,6 +842,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 			goto out_free;
 		}
 		s->gc_running = true;
+		prune_schedule(s); /* resume deletions a crash interrupted */
 	}
 	free(dbp);
 	*out = s;
