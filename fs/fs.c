@@ -167,6 +167,15 @@ static int synth_lookup(struct fs *fs, fuse_ino_t parent, const char *name,
 
 /* ---- ops ---------------------------------------------------------------- */
 
+/* snap cleared suid/sgid on a write: the kernel's cached mode is stale. */
+static void attr_changed(void *arg, uint32_t tree, uint64_t ino)
+{
+	struct fs *fs = arg;
+
+	if (fs->se) /* offset -1: attributes only, never page locks */
+		fuse_lowlevel_notify_inval_inode(fs->se, node_of(tree, ino), -1, 0);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct fs *fs = userdata;
@@ -186,7 +195,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
 	conn->time_gran = 1;
-	(void)fs;
+	/* initio.c accepts KILLPRIV_V2 in the INIT reply when offered; from
+	 * then on the kernel leaves suid/sgid killing to us. */
+	snap_set_killpriv(fs->s, fs_killpriv_v2, attr_changed, fs);
 }
 
 static void op_destroy(void *userdata)
@@ -1056,6 +1067,8 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 		ret = -EIO;
 		goto out_ctl;
 	}
+	if (fs_initio_setup(se) != 0)
+		fs_log("cannot install the /dev/fuse shim; writes will be slower");
 	fs.se = se;
 	ready(&ready_fd, 0);
 	cfg = fuse_loop_cfg_create();

@@ -70,6 +70,10 @@ void fh_put(struct fs *fs, struct fs_fh *fh);
 void fh_release(struct fs *fs, uint64_t id);
 void fh_table_free(struct fs *fs);
 
+/* Install the /dev/fuse shim of initio.c (after fuse_session_mount). */
+int fs_initio_setup(struct fuse_session *se);
+extern bool fs_killpriv_v2;
+
 int ctl_start(struct fs *fs, const char *store);
 void ctl_stop(struct fs *fs);
 

@@ -66,7 +66,8 @@ pgl_require() {
 	[ -c /dev/fuse ] || { echo "SKIP: no /dev/fuse" >&2; exit 77; }
 	[ -n "$PGBIN" ] || { echo "SKIP: no PostgreSQL server binaries (initdb)" >&2; exit 77; }
 	id postgres >/dev/null 2>&1 || { echo "SKIP: no postgres user" >&2; exit 77; }
-	[ -x "$BRANCHFS" ] || { echo "SKIP: $BRANCHFS not built (run make)" >&2; exit 77; }
+	# a missing binary is a build problem, not a reason to skip
+	[ -x "$BRANCHFS" ] || { echo "FAIL: $BRANCHFS not found or not executable (run make)" >&2; exit 1; }
 }
 
 # Run a server-side program as the postgres OS user, from a directory it can read.

@@ -343,6 +343,26 @@ int inode_purge(struct op *op, struct kv_batch *b, struct snap_inode *in)
 
 /* ---- read / write ----------------------------------------------------- */
 
+/* Clear set-user-ID / set-group-ID (when group-executable) of a regular
+ * file being modified, if the store does that (snap_set_killpriv). */
+static bool kill_priv(const struct op *op, struct snap_inode *in)
+{
+	uint32_t old = in->mode;
+
+	if (!op->s->killpriv || !S_ISREG(in->mode))
+		return false;
+	in->mode &= ~(uint32_t)S_ISUID;
+	if ((in->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+		in->mode &= ~(uint32_t)S_ISGID;
+	return in->mode != old;
+}
+
+static void killed_notify(const struct op *op, uint64_t ino)
+{
+	if (op->s->killed)
+		op->s->killed(op->s->killed_arg, op->t->id, ino);
+}
+
 ssize_t snap_read(struct snap_tree *t, uint64_t ino, void *buf, size_t size,
 		  uint64_t off)
 {
@@ -459,6 +479,7 @@ ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 	struct snap_inode in;
 	struct kv_batch *b;
 	struct op op;
+	bool killed = false;
 	int held[1];
 	int ret;
 
@@ -483,6 +504,7 @@ ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 	if (ret == 0) {
 		inode_touch(&in.mtime);
 		in.ctime = in.mtime;
+		killed = kill_priv(&op, &in);
 		inode_put(&op, b, &in);
 		ret = kv_commit(op.kv, b);
 	}
@@ -490,6 +512,8 @@ ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 out:
 	kv_batch_free(b);
 	stripes_unlock(op.s, held, 1);
+	if (ret == 0 && killed)
+		killed_notify(&op, ino);
 	op_end(&op);
 	return ret < 0 ? ret : (ssize_t)size;
 }
@@ -542,6 +566,9 @@ int snap_setattr(struct snap_tree *t, uint64_t ino, const struct snap_attr *a,
 			goto out_release;
 		in.mtime = now;
 	}
+	if ((set & (SNAP_SET_SIZE | SNAP_SET_UID | SNAP_SET_GID)) &&
+	    !(set & SNAP_SET_MODE))
+		kill_priv(&op, &in);
 	if (set & SNAP_SET_MODE)
 		in.mode = (in.mode & S_IFMT) | (a->mode & 07777);
 	if (set & SNAP_SET_UID)

@@ -107,6 +107,18 @@ struct snap_statfs {
 /* Capacity of the filesystem holding the store; files = inodes allocated. */
 int snap_statfs(struct snap *s, struct snap_statfs *st);
 
+/*
+ * Make writes, truncates and owner changes of regular files clear their
+ * set-user-ID bit (and set-group-ID when group-executable), as the kernel
+ * does for local filesystems; the FUSE layer turns this on when it takes
+ * over that duty from the kernel (FUSE_HANDLE_KILLPRIV_V2).  @killed (may
+ * be NULL) is called after a commit that cleared such bits, so that cached
+ * attributes can be dropped.
+ */
+void snap_set_killpriv(struct snap *s, bool on,
+		       void (*killed)(void *arg, uint32_t tree, uint64_t ino),
+		       void *arg);
+
 /* ---- trees ----------------------------------------------------------- */
 
 /*

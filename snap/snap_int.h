@@ -95,6 +95,9 @@ struct snap {
 	pthread_mutex_t gc_lock;
 	pthread_cond_t gc_cond;
 
+	bool killpriv;              /* kill suid/sgid on write (see snap.h) */
+	void (*killed)(void *arg, uint32_t tree, uint64_t ino);
+	void *killed_arg;
 	pthread_mutex_t prune_lock; /* one pruner at a time */
 	bool prune_pending;         /* protected by gc_lock: wake the pruner */
 	uint32_t next_id;           /* protected by tree_lock (W) */

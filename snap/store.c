@@ -901,6 +901,15 @@ void snap_close(struct snap *s)
 	free(s);
 }
 
+void snap_set_killpriv(struct snap *s, bool on,
+		       void (*killed)(void *arg, uint32_t tree, uint64_t ino),
+		       void *arg)
+{
+	s->killpriv = on;
+	s->killed = killed;
+	s->killed_arg = arg;
+}
+
 int snap_sync(struct snap *s)
 {
 	return kv_sync(s->kv);
