@@ -166,10 +166,18 @@ static int freeze_into(struct snap *s, struct snap_branch *src,
 	put_record(b, nb);
 	put_record(b, src);
 	put_next_id(b, s->next_id);
-	ret = commit_sync(s, b);
+	ret = kv_commit(s->kv, b);
 	if (ret < 0)
 		atomic_store(&src->epoch, e);
 	pthread_rwlock_unlock(&src->epoch_lock);
+	/*
+	 * Sync outside the exclusive section: writes at E + 1 may proceed
+	 * meanwhile.  The WAL is ordered, so any of them made durable makes
+	 * this record durable too; the caller hears of success only after
+	 * the record itself is synced.
+	 */
+	if (ret == 0)
+		ret = kv_sync(s->kv);
 	kv_batch_free(b);
 	return ret;
 }

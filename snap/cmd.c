@@ -245,8 +245,28 @@ static int pgcheck(struct snap *s, const char *name, struct out *o)
 
 /* ---- dispatch ------------------------------------------------------------ */
 
-static void reply_err(struct out *o, int ret, const char *what, const char *name)
+/* @name with control characters and '\\' shown as \xNN (one line). */
+static const char *printable(const char *name, char *buf, size_t size)
 {
+	size_t k = 0;
+
+	for (const unsigned char *p = (const unsigned char *)name;
+	     *p && k + 5 < size; p++) {
+		if (*p < 0x20 || *p == 0x7f || *p == '\\')
+			k += (size_t)snprintf(buf + k, size - k, "\\x%02x", *p);
+		else
+			buf[k++] = (char)*p;
+	}
+	buf[k] = 0;
+	return buf;
+}
+
+static void reply_err(struct out *o, int ret, const char *what,
+		      const char *rawname)
+{
+	char nb[4 * SNAP_NAME_MAX + 64];
+	const char *name = printable(rawname, nb, sizeof(nb));
+
 	switch (ret) {
 	case -ENOENT:
 		outf(o, "%s '%s' does not exist\n", what, name);

@@ -60,7 +60,15 @@ struct snap_branch *branch_new(void)
 
 	if (!br)
 		return NULL;
-	pthread_rwlock_init(&br->epoch_lock, NULL);
+	pthread_rwlockattr_t a;
+
+	/* Writer-preferring: a snapshot must not wait behind a stream of
+	 * overlapping writes.  Nothing takes epoch_lock shared twice in one
+	 * thread, which this kind of lock would deadlock on. */
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&br->epoch_lock, &a);
+	pthread_rwlockattr_destroy(&a);
 	pthread_mutex_init(&br->ns_lock, NULL);
 	return br;
 }
