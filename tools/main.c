@@ -142,6 +142,8 @@ static int cmd_init(int argc, char **argv)
 
 /* ---- mount ---------------------------------------------------------------- */
 
+static int find_mount(const char *mnt, char *store, size_t size);
+
 static int cmd_mount(int argc, char **argv)
 {
 	struct fs_opts o = { .ready_fd = -1 };
@@ -190,6 +192,15 @@ static int cmd_mount(int argc, char **argv)
 	if (!realpath(args[0], store) || !realpath(args[1], mnt)) {
 		die_msg("cannot resolve paths: %s", strerror(errno));
 		return 1;
+	}
+	{
+		char other[PATH_MAX];
+
+		if (find_mount(mnt, other, sizeof(other)) > 0) {
+			die_msg("%s is already a branchfs mount (of %s)", mnt,
+				other);
+			return 1;
+		}
 	}
 	o.store = store;
 	o.mountpoint = mnt;
@@ -995,7 +1006,7 @@ int main(int argc, char **argv)
 	const struct cli_cmd *c;
 
 	if (argc < 2) {
-		cmd_help(1, argv);
+		fprintf(stderr, "usage: branchfs COMMAND [ARGS]  (see 'branchfs help')\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
