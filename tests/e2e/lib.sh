@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are for the sourcing test
 # tests/e2e/lib.sh - sourced by every mount test (tests/e2e/*.sh, tests/pg/*.sh).
 #
 # Gives a test a private work directory ($BFS_WORK, from mktemp -d) and
@@ -106,13 +107,18 @@ bfs_daemon_pid() {
 	[ "$n" -eq 1 ] || bfs_fail "expected one daemon for $1, found $n: $pids"
 	echo "$pids"
 }
-# bfs_wait_gone PID [SECONDS]: wait until PID exits (not our child).
+# bfs_wait_gone PID [SECONDS]: wait until PID has exited, all its threads
+# too (so its files, /dev/fuse among them, are closed).  PID need not be our
+# child: a zombie whose threads are all gone counts as gone.
 bfs_wait_gone() {
-	local i max=$((${2:-20} * 10))
+	local i max=$((${2:-20} * 10)) st th
 	for ((i = 0; i < max; i++)); do
 		[ -e "/proc/$1" ] || return 0
-		# a zombie that is not ours: its parent will reap it
-		[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ] && return 0
+		st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+		th=$(awk '/^Threads:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 0
+		if [ "$st" = Z ] && [ "${th:-1}" -le 1 ]; then
+			return 0
+		fi
 		sleep 0.1
 	done
 	return 1
@@ -199,28 +205,47 @@ bfs_tree_sum() {
 }
 
 # bfs_json_num KEY-REGEX: read JSON on stdin and print the first number whose
-# key (nested keys joined by ".") matches KEY-REGEX (Python re.search, case
+# key (nested keys joined by ".") matches KEY-REGEX (a Perl regex, case
 # insensitive); fail if the input is not JSON or has no such number.
+# Perl's JSON::PP comes with build-essential (dpkg-dev needs perl), so no
+# jq or python3 is needed.
 bfs_json_num() {
-	python3 -c '
-import json, re, sys
-doc = json.load(sys.stdin)
-pat = re.compile(sys.argv[1], re.I)
-def walk(v, key):
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield from walk(x, key + "." + k if key else k)
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from walk(x, key)
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        yield key, v
-for k, v in walk(doc, ""):
-    if pat.search(k):
-        print(v)
-        sys.exit(0)
-sys.exit("no number under a key matching " + sys.argv[1])
-' "$1"
+	perl -MJSON::PP -e '
+		my $re = shift;
+		my $doc = eval { JSON::PP->new->decode(do { local $/; <STDIN> }) };
+		die "not JSON: $@" unless defined $doc;
+		my @found;
+		sub walk {
+			my ($v, $key) = @_;
+			if (ref $v eq "HASH") {
+				walk($v->{$_}, length $key ? "$key.$_" : $_) for sort keys %$v;
+			} elsif (ref $v eq "ARRAY") {
+				walk($_, $key) for @$v;
+			} elsif (!ref $v && defined $v && $v =~ /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/) {
+				push @found, [$key, $v];
+			}
+		}
+		# keys in document order would be nicer, but JSON::PP hashes are
+		# unordered: prefer the shortest matching key (top level first)
+		walk($doc, "");
+		my @m = sort { length($a->[0]) <=> length($b->[0]) } grep { $_->[0] =~ /$re/i } @found;
+		die "no number under a key matching $re\n" unless @m;
+		print $m[0][1], "\n";
+	' "$1"
+}
+
+# bfs_json_valid: stdin is JSON (checked by Perl, and by python3 -m json.tool
+# and jq when they are installed).
+bfs_json_valid() {
+	local j
+	j=$(cat)
+	perl -MJSON::PP -e 'JSON::PP->new->decode(do { local $/; <STDIN> })' <<<"$j" || return 1
+	if command -v python3 >/dev/null && python3 -c '' 2>/dev/null; then
+		python3 -m json.tool <<<"$j" >/dev/null || return 1
+	fi
+	if command -v jq >/dev/null; then
+		jq . <<<"$j" >/dev/null || return 1
+	fi
 }
 
 # bfs_stat STORE KEY-REGEX: one number from `branchfs stats STORE --json`.
