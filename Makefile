@@ -87,6 +87,7 @@ check-pg: branchfs
 	tests/run.sh pg
 bench: branchfs
 	scripts/bench.sh
+	scripts/bench-branch.sh
 
 # ---- end-to-end test programs (tests/e2e/*.c) ------------------------------
 # C helpers that tests/e2e/*.sh run against a mounted branch.  They link

@@ -116,9 +116,14 @@ enum bfs_codec {
  *   22     8    created, nanoseconds since the Unix epoch (u64 BE)
  *   30     2    name length n (u16 BE)
  *   32     n    name (UTF-8, no '/', no NUL)
+ *   32+n   4    origin id (u32 BE): where the branch was made from; its
+ *                branch point for "branch reset" without --to.  Equals the
+ *                parent except after a reset --to a snapshot.
+ *   36+n   8    origin epoch (u64 BE)
  *
  * Snapshot record value: identical layout, where "parent" is the branch it
- * was taken of, "parent epoch" the epoch it names and "current epoch" 0.
+ * was taken of, "parent epoch" the epoch it names, "current epoch" 0 and
+ * the origin equal to the parent.
  *
  * Branch and snapshot ids share one counter; id 0 is never used (it names
  * the synthetic mount root in FUSE node ids), main is id 1.  Ids are never

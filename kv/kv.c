@@ -273,7 +273,19 @@ int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out)
 		ret = -ENOMEM;
 		goto out_free_kv;
 	}
-	ret = -pthread_rwlock_init(&kv->block_lock, NULL);
+	{
+		/* Writer-preferring, so the collector is not starved by a
+		 * steady stream of writers.  Rule (snap/ keeps it): a thread
+		 * never holds the lock shared twice - one open batch with
+		 * block operations, or one kv_read_begin(), at a time. */
+		pthread_rwlockattr_t a;
+
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(
+			&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		ret = -pthread_rwlock_init(&kv->block_lock, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
 	if (ret)
 		goto out_free_dbdir;
 	ret = -pthread_mutex_init(&kv->sync_lock, NULL);

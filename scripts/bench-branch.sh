@@ -36,6 +36,7 @@
 #   BENCH_DIR            parent of the work directory (${TMPDIR:-/tmp}); the
 #                        stores and plain PGDATAs live there
 #   BENCH_BRANCH_OUT     markdown output (build/bench-branch.md)
+#   BENCH_BRANCH_LOGS    keep server logs, branchfs.log and raw timings there
 #   PGL_KEEP             set: keep the work directory when the run fails
 # A scale is skipped, with a message, when the disk under BENCH_DIR has less
 # free space than it needs (about 2.5 x its PGDATA + 6 GiB).
@@ -76,6 +77,10 @@ pgl_pgdir "$SOCK"
 PORT=$(pgl_free_port) || pgl_die "no free port"
 PORT2=$PORT
 while [ "$PORT2" = "$PORT" ]; do PORT2=$(pgl_free_port) || pgl_die "no free port"; done
+# logs and raw timings: inside the work directory (removed at the end) unless
+# BENCH_BRANCH_LOGS names a directory to keep them in
+LOGS=${BENCH_BRANCH_LOGS:-$W/log}
+mkdir -p "$LOGS" && pgl_pgdir "$LOGS"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(pgl_now)
 
@@ -193,6 +198,74 @@ branch_deletes() {
 	sed -i '/^$/d' "$d/del"
 }
 
+# measure_ready SCALE KEY BRANCH [branch create options]: time from the start of
+# `branch create BRANCH` to its postgres accepting connections (pg_ctl start -w,
+# then pg_isready); R[SCALE.KEY] (s) or FAILED, R[SCALE.KEY_create] (ms),
+# R[SCALE.KEY_pgctl] (s), R[SCALE.KEY_redo] (s, from the server log),
+# R[SCALE.KEY_wal] (WAL bytes since the parent's last checkpoint, just before).
+# Stops that postgres and deletes the branch.
+measure_ready() {
+	local s=$1 key=$2 br=$3 t0 t1 t2 t3 rc=0 x dlog=$L/pg-$3.log
+	shift 3
+	pgl_log "s=$s branchfs: branch create $br $*; pg_ctl start -w on MNT/$br/pgdata; pg_isready"
+	R[$s.${key}_wal]=$(psql_db "$PORT" postgres -c \
+		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) from pg_control_checkpoint()")
+	touch "$dlog" && chown "$PG_OSUSER:" "$dlog"
+	PGL_LOGS+=("$dlog")
+	t0=$EPOCHREALTIME
+	"$BRANCHFS" branch create "$br" "$@" -s "$STORE" >"$L/$br.out" 2>&1 || rc=$?
+	t1=$EPOCHREALTIME
+	[ $rc -eq 0 ] || pgl_die "branch create $br $*: $(cat "$L/$br.out")"
+	pgl_as_pg "$PGBIN/pg_ctl" -D "$MNT/$br/pgdata" -l "$dlog" -w -t 300 -o "$(pg_opts "$PORT2")" start \
+		>"$L/$br-pgctl.out" 2>&1 || rc=$?
+	t2=$EPOCHREALTIME
+	if [ $rc -eq 0 ]; then
+		"$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT2" -U postgres -d postgres -t 60 || rc=$?
+	fi
+	t3=$EPOCHREALTIME
+	x=$(head -n 1 "$MNT/$br/pgdata/postmaster.pid" 2>/dev/null || true)
+	[ -n "$x" ] && PGL_POSTMASTERS+=("$x:$MNT/$br/pgdata")
+	R[$s.${key}_create]=$(ms_between "$t0" "$t1")
+	if [ $rc -ne 0 ]; then
+		R[$s.$key]=FAILED
+		R[$s.${key}_why]=$(grep -m 1 -E 'FATAL|PANIC' "$dlog" | sed 's/^.*\(FATAL\|PANIC\): *//')
+		pgl_log "s=$s: BRANCHFS BUG? postgres on branch $br did not start (rc $rc); pg_ctl said:"
+		cat "$L/$br-pgctl.out" >&2
+		tail -n 12 "$dlog" >&2
+		pgl_log "s=$s: STORE/branchfs.log, last lines:"
+		grep -v 'serving\|exiting' "$STORE/branchfs.log" | tail -n 5 >&2
+		R[$s.${key}_bfslog]=$(grep -v 'serving\|exiting' "$STORE/branchfs.log" | tail -n 1)
+		pgl_stop "$MNT/$br/pgdata" >/dev/null 2>&1 || true
+	else
+		R[$s.$key]=$(awk -v a="$t0" -v b="$t3" 'BEGIN { printf "%.3f", b - a }')
+		R[$s.${key}_pgctl]=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.3f", b - a }')
+		# phases from the server log: start-up to the start of redo (reading
+		# the control file, fsync of every file of PGDATA before crash
+		# recovery), redo, the end-of-recovery checkpoint
+		R[$s.${key}_phases]=$(awk '
+			function t(l) { split(substr(l, 12, 12), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+			NR == 1 { t0 = t($0) }
+			/redo starts at|redo is not required|database system was shut down at/ && !rs { rs = t($0) }
+			/redo done at/ && !rd { rd = t($0) }
+			/checkpoint complete/ && !cc && !ok { cc = t($0) }
+			/ready to accept connections/ && !ok { ok = t($0) }
+			END {
+				if (!rs) rs = t0
+				if (!rd) rd = rs
+				if (!cc) cc = rd
+				if (!ok) ok = cc
+				printf "start-up %.2f s, redo %.2f s, end-of-recovery checkpoint %.2f s", rs - t0, rd - rs, (cc > rd) ? cc - rd : 0
+			}' "$dlog")
+		x=$(psql_db "$PORT2" "$DB" -c "select count(*) from pgbench_branches") || x="query failed"
+		[ "$x" = "$s" ] || pgl_log "s=$s: WARNING: branch $br has pgbench_branches count $x, expected $s"
+		pgl_log "s=$s: branch create $br -> accepting connections ${R[$s.$key]} s" \
+			"(create ${R[$s.${key}_create]} ms, pg_ctl start -w ${R[$s.${key}_pgctl]} s," \
+			"${R[$s.${key}_phases]}; $(gib "${R[$s.${key}_wal]}") of WAL since the checkpoint)"
+		pgl_stop "$MNT/$br/pgdata" || pgl_log "s=$s: WARNING: pg_ctl stop on branch $br failed"
+	fi
+	branch_delete "$br" "$L/$br.err"
+}
+
 remount() {
 	pgl_umount "$MNT" || pgl_die "branchfs umount $MNT"
 	pgl_mount "$STORE" "$MNT" || pgl_die "branchfs mount $STORE $MNT"
@@ -214,11 +287,11 @@ timed_pgbench() { # PORT LOG
 # branchfs side of one scale
 
 bench_branchfs() {
-	local s=$1 t0 t1 t2 t3 dlog x rc
+	local s=$1 t0 t1 x i
 	STORE=$W/s$s/store
 	MNT=$W/s$s/mnt
-	L=$W/s$s/log
-	mkdir -p "$L" && pgl_pgdir "$L"
+	L=$LOGS/s$s
+	mkdir -p "$L" "$W/s$s" && pgl_pgdir "$L"
 	pgl_init "$STORE" >/dev/null || pgl_die "branchfs init"
 	pgl_mount "$STORE" "$MNT" || pgl_die "branchfs mount"
 	local pgdata=$MNT/main/pgdata
@@ -240,53 +313,37 @@ bench_branchfs() {
 	branch_deletes b "$N"
 
 	# --- branch create -> its postgres accepts connections (pgbench still running)
-	pgl_log "s=$s branchfs: branch create x; pg_ctl start -w on MNT/x/pgdata; pg_isready"
-	R[$s.wal_replay]=$(psql_db "$PORT" postgres -c \
-		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) from pg_control_checkpoint()")
-	dlog=$L/pg-x.log
-	touch "$dlog" && chown "$PG_OSUSER:" "$dlog"
-	PGL_LOGS+=("$dlog")
-	rc=0
-	t0=$EPOCHREALTIME
-	"$BRANCHFS" branch create x -s "$STORE" >/dev/null 2>"$L/x.err" || rc=$?
-	t1=$EPOCHREALTIME
-	if [ $rc -ne 0 ]; then
-		pgl_die "branch create x: $(cat "$L/x.err")"
+	measure_ready "$s" ready x
+	if [ "${R[$s.ready]}" = FAILED ]; then
+		# a finding, reported as such; then once more once the pruner is idle
+		pgl_log "s=$s: retrying on a new branch after 'branchfs gc' and 5 s"
+		"$BRANCHFS" gc -s "$STORE" >/dev/null 2>&1 || true
+		sleep 5
+		measure_ready "$s" ready_retry x2
 	fi
-	pgl_as_pg "$PGBIN/pg_ctl" -D "$MNT/x/pgdata" -l "$dlog" -w -t 300 -o "$(pg_opts "$PORT2")" start \
-		>"$L/x-pgctl.out" 2>&1 || rc=$?
-	t2=$EPOCHREALTIME
-	if [ $rc -eq 0 ]; then
-		"$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT2" -t 60 || rc=$?
-	fi
-	t3=$EPOCHREALTIME
-	x=$(head -n 1 "$MNT/x/pgdata/postmaster.pid" 2>/dev/null || true)
-	[ -n "$x" ] && PGL_POSTMASTERS+=("$x:$MNT/x/pgdata")
-	if [ $rc -ne 0 ]; then
-		pgl_log "s=$s: postgres on branch x did not start (rc $rc); pg_ctl said:"
-		cat "$L/x-pgctl.out" >&2
-		tail -n 30 "$dlog" >&2
-		R[$s.ready]=FAILED
-	else
-		R[$s.ready]=$(awk -v a="$t0" -v b="$t3" 'BEGIN { printf "%.3f", b - a }')
-		R[$s.ready_create]=$(ms_between "$t0" "$t1")
-		R[$s.ready_pgctl]=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.3f", b - a }')
-		R[$s.ready_redo]=$(sed -n 's/.*redo done at .*elapsed: \([0-9.]*\) s.*/\1/p' "$dlog" | head -n 1)
-		[ -n "${R[$s.ready_redo]}" ] || R[$s.ready_redo]=$(grep -q 'redo is not required' "$dlog" && echo 0 || echo "?")
-		x=$(psql_db "$PORT2" "$DB" -c "select count(*) from pgbench_branches") || x="query failed"
-		[ "$x" = "$s" ] || pgl_log "s=$s: WARNING: branch x has pgbench_branches count $x, expected $s"
-		pgl_log "s=$s: branch create -> accepting connections ${R[$s.ready]} s" \
-			"(create ${R[$s.ready_create]} ms, pg_ctl start -w ${R[$s.ready_pgctl]} s, redo ${R[$s.ready_redo]} s," \
-			"$(gib "${R[$s.wal_replay]}") of WAL since the checkpoint)"
-		pgl_stop "$MNT/x/pgdata" || pgl_log "s=$s: WARNING: pg_ctl stop on branch x failed"
-	fi
-	branch_delete x "$L/x.err"
+	# the same with the CLI's CHECKPOINT first (less WAL to replay), timed from
+	# the start of the command, the CHECKPOINT included
+	measure_ready "$s" ready_ckpt y --checkpoint "postgresql://postgres@localhost:$PORT/postgres?host=$SOCK"
+
+	# process start-up alone, under the same load: the floor of any CLI command
+	: >"$L/version-wall"
+	for ((i = 1; i <= N; i++)); do
+		t0=$EPOCHREALTIME
+		"$BRANCHFS" version >/dev/null
+		t1=$EPOCHREALTIME
+		ms_between "$t0" "$t1" >>"$L/version-wall"
+		echo >>"$L/version-wall"
+		sleep 0.1
+	done
+	sed -i '/^$/d' "$L/version-wall"
 
 	R[$s.bg_tps]=$(progress_tps "$L/pgbench-bg.log")
 	bg_pgbench_stop
 
 	# --- the same creations with postgres idle, for reference
 	psql_db "$PORT" postgres -c checkpoint
+	# and the time to a running branch when main is idle and checkpointed
+	measure_ready "$s" ready_idle z
 	branch_creates i "$N" main
 	branch_deletes i "$N"
 
@@ -340,7 +397,7 @@ bench_branchfs() {
 bench_plain() {
 	local s=$1
 	local pgdata=$W/s$s/plain/pgdata
-	L=$W/s$s/log
+	L=$LOGS/s$s
 	mkdir -p "$W/s$s/plain" && chmod 755 "$W/s$s/plain"
 	pgl_log "s=$s plain: initdb, start, pgbench -i -s $s"
 	pgl_initdb "$pgdata" "${INITDB_FLAGS[@]}" >"$L/initdb-plain.log" 2>&1 || { cat "$L/initdb-plain.log" >&2; pgl_die "initdb plain"; }
@@ -399,12 +456,12 @@ done
 
 v() { echo "${R[$1]:-}"; }
 mm() { # mm SCALE TAG FILE: "median / max ms"
-	local f=$W/s$1/log/$2/$3
+	local f=$LOGS/s$1/$2/$3
 	[ -s "$f" ] || { echo "n/a"; return; }
 	med_max <"$f" | awk '{ printf "%s / %s ms", $1, $2 }'
 }
-med_of() { local f=$W/s$1/log/$2/$3; [ -s "$f" ] && med_max <"$f" | cut -d' ' -f1; }
-max_of() { local f=$W/s$1/log/$2/$3; [ -s "$f" ] && med_max <"$f" | cut -d' ' -f2; }
+med_of() { local f=$LOGS/s$1/$2/$3; [ -s "$f" ] && med_max <"$f" | cut -d' ' -f1; }
+max_of() { local f=$LOGS/s$1/$2/$3; [ -s "$f" ] && med_max <"$f" | cut -d' ' -f2; }
 sec() { [ -n "$1" ] && [ "$1" != FAILED ] && printf '%.2f s' "$1" || echo "${1:-n/a}"; }
 secx() { # secx SECONDS MEDIAN_MS: "12.3 s (4567x)"
 	[ -n "$1" ] || { echo "n/a"; return; }
@@ -459,31 +516,52 @@ c_create() { mm "$1" b wall; }
 c_create_cli() { mm "$1" b cli; }
 c_create_store() { mm "$1" b store; }
 c_create_50() {
-	local f=$W/s$1/log/b/wall n
+	local f=$LOGS/s$1/b/wall n
 	[ -s "$f" ] || { echo "n/a"; return; }
 	n=$(count_over 50 <"$f")
 	[ "$n" = 0 ] && echo "yes (all $(wc -l <"$f"))" || echo "NO: $n of $(wc -l <"$f") >= 50 ms"
 }
-c_create_5() {
+c_lt5() { # c_lt5 SCALE TAG FILE
 	local m
-	m=$(med_of "$1" b wall) || { echo "n/a"; return; }
+	m=$(med_of "$1" "$2" "$3") || { echo "n/a"; return; }
 	awk -v m="$m" 'BEGIN { print (m < 5) ? "met" : "MISSED" }'
 }
+c_create_5() { c_lt5 "$1" b wall; }
+c_create_cli_5() { c_lt5 "$1" b cli; }
+c_version() { mm "$1" . version-wall; }
 c_bg_tps() { [ -n "$(v "$1.bg_tps")" ] && v "$1.bg_tps" || echo "n/a"; }
 c_delete() { mm "$1" b del; }
 c_create_idle() { mm "$1" i wall; }
 c_create_idle_store() { mm "$1" i store; }
-c_ready() {
+ready_cell() { # ready_cell SCALE KEY
 	local r
-	r=$(v "$1.ready")
+	r=$(v "$1.$2")
 	[ -n "$r" ] || { echo "n/a"; return; }
-	[ "$r" = FAILED ] && { echo "FAILED"; return; }
-	printf '%.2f s' "$r"
+	if [ "$r" = FAILED ]; then
+		echo "**FAILED**: $(v "$1.$2_why")"
+		return
+	fi
+	awk -v r="$r" -v c="$(v "$1.$2_create")" -v p="$(v "$1.$2_pgctl")" -v ph="$(v "$1.$2_phases")" -v w="$(v "$1.$2_wal")" \
+		'BEGIN { printf "**%.2f s**: create %.0f ms, pg_ctl start -w %.2f s (%s; %.0f MiB WAL since the checkpoint)", r, c, p, ph, w / 1048576 }'
 }
-c_ready_split() {
-	[ -n "$(v "$1.ready_pgctl")" ] || { echo "n/a"; return; }
-	awk -v c="$(v "$1.ready_create")" -v p="$(v "$1.ready_pgctl")" -v r="$(v "$1.ready_redo")" -v w="$(v "$1.wal_replay")" \
-		'BEGIN { printf "%.1f ms / %.2f s / redo %s s, %.0f MiB WAL", c, p, r, w / 1048576 }'
+c_ready() {
+	local out
+	out=$(ready_cell "$1" ready)
+	[ -n "$(v "$1.ready_retry")" ] && out="$out; retry after gc: $(ready_cell "$1" ready_retry)"
+	echo "$out"
+}
+c_ready_ckpt() { ready_cell "$1" ready_ckpt; }
+c_ready_idle() { ready_cell "$1" ready_idle; }
+c_ready_1s() {
+	local k r out=
+	for k in ready ready_ckpt ready_idle; do
+		r=$(v "$1.$k")
+		[ -n "$r" ] || continue
+		[ "$r" = FAILED ] || r=$(awk -v r="$r" 'BEGIN { print (r < 1) ? "met" : "MISSED" }')
+		case $k in ready) k="under pgbench" ;; ready_ckpt) k="--checkpoint" ;; ready_idle) k="idle" ;; esac
+		out="${out:+$out, }$k: $r"
+	done
+	echo "${out:-n/a}"
 }
 c_cp_bfs() { secx "$(v "$1.cp_bfs")" "$(med_of "$1" b wall)"; }
 c_cp_plain() { secx "$(v "$1.cp_plain")" "$(med_of "$1" b wall)"; }
@@ -525,13 +603,17 @@ mkdir -p "$(dirname "$OUT")"
 	row "… median < 5 ms" "" c_create_5
 	row "… every one < 50 ms end to end" "< 50 ms" c_create_50
 	row "… as the CLI times itself (\`--json\` ms)" "" c_create_cli
+	row "… CLI's own time median < 5 ms" "" c_create_cli_5
 	row "… in the store (\`--json\` store_ms)" "" c_create_store
+	row "process start-up alone: \`branchfs version\` under the same load" "" c_version
 	row "pgbench TPS on main while branching" "" c_bg_tps
 	row "\`branch delete\` of those, whole command" "" c_delete
 	row "\`branch create\`, postgres idle: whole command" "" c_create_idle
 	row "… in the store, postgres idle" "" c_create_idle_store
 	row "**\`branch create\` → branch's postgres accepting connections**" "< 1 s at ~1 GB" c_ready
-	row "… create / \`pg_ctl start -w\` / crash recovery (WAL since checkpoint)" "" c_ready_split
+	row "… < 1 s" "" c_ready_1s
+	row "… the same with \`branch create --checkpoint PGURL\` (CHECKPOINT timed too)" "" c_ready_ckpt
+	row "… main running but idle, just after a CHECKPOINT" "" c_ready_idle
 	row "\`cp -a\` of the stopped PGDATA, plain dir → plain dir (x branch create)" "" c_cp_plain
 	row "… \`cp -a\` then \`sync\`" "" c_cp_plain_sync
 	row "\`cp -a\` of the stopped PGDATA, branchfs mount → plain dir" "" c_cp_bfs
@@ -567,9 +649,14 @@ mkdir -p "$(dirname "$OUT")"
 	echo "branch creation. Raw whole-command times, ms, in order:"
 	echo
 	for s in "${SCALE_LIST[@]}"; do
-		[ -s "$W/s$s/log/b/wall" ] || continue
-		echo "- scale $s, under pgbench: $(tr '\n' ' ' <"$W/s$s/log/b/wall")"
-		echo "- scale $s, store_ms: $(tr '\n' ' ' <"$W/s$s/log/b/store")"
+		[ -s "$LOGS/s$s/b/wall" ] || continue
+		echo "- scale $s, under pgbench: $(tr '\n' ' ' <"$LOGS/s$s/b/wall")"
+		echo "- scale $s, store_ms: $(tr '\n' ' ' <"$LOGS/s$s/b/store")"
+		for k in ready ready_retry ready_ckpt ready_idle; do
+			[ "$(v "$s.$k")" = FAILED ] || continue
+			echo "- scale $s: postgres on the branch ($k) failed: \`$(v "$s.${k}_why")\`;" \
+				"STORE/branchfs.log: \`$(v "$s.${k}_bfslog")\`"
+		done
 		[ -n "$(v "$s.log_errors")" ] && echo "- scale $s: branchfs.log has $(v "$s.log_errors") error lines"
 	done
 } >"$OUT"

@@ -64,7 +64,13 @@ static struct snap_tree *tree_by_id(struct snap *s, uint32_t id)
 	return NULL;
 }
 
-/* Remove the table's reference to tree @id; tree_lock (W) held. */
+/*
+ * Remove the table's reference to tree @id; tree_lock (W) held.  If others
+ * still hold the tree (open files after a forced delete, requests in
+ * flight), it pins the branch it reads at level 0: the pruner leaves that
+ * branch alone until the last holder lets go (snap_tree_put), so what they
+ * read stays what it was.
+ */
 static void tree_unlink(struct snap *s, uint32_t id)
 {
 	for (struct snap_tree **pp = &s->trees; *pp; pp = &(*pp)->next) {
@@ -72,6 +78,11 @@ static void tree_unlink(struct snap *s, uint32_t id)
 			struct snap_tree *t = *pp;
 
 			*pp = t->next;
+			if (atomic_load(&t->refs) > 1) {
+				t->pin = branch_by_id(s, t->lv[0].b);
+				if (t->pin)
+					atomic_fetch_add(&t->pin->pins, 1);
+			}
 			snap_tree_put(t);
 			return;
 		}
@@ -109,7 +120,7 @@ static int table_add(struct snap *s, struct snap_branch *br)
 
 static void put_record(struct kv_batch *b, const struct snap_branch *br)
 {
-	uint8_t k[5], v[BFS_REC_HDR_SIZE + SNAP_NAME_MAX];
+	uint8_t k[5], v[BFS_REC_HDR_SIZE + SNAP_NAME_MAX + 12];
 
 	branch_key(k, br);
 	kv_batch_put(b, KV_CF_SYS, k, 5, v, branch_encode(br, v));
@@ -160,8 +171,8 @@ static int freeze_into(struct snap *s, struct snap_branch *src,
 
 	pthread_rwlock_wrlock(&src->epoch_lock);
 	e = atomic_load(&src->epoch);
-	nb->parent_id = src->id;
-	nb->parent_epoch = e;
+	nb->parent_id = nb->origin_id = src->id;
+	nb->parent_epoch = nb->origin_epoch = e;
 	atomic_store(&src->epoch, e + 1);
 	put_record(b, nb);
 	put_record(b, src);
@@ -271,8 +282,8 @@ int snap_branch_create(struct snap *s, const char *name, const char *from,
 		/* The snapshot already froze its instant. */
 		struct kv_batch *b = kv_batch_new();
 
-		nb->parent_id = src->parent_id;
-		nb->parent_epoch = src->parent_epoch;
+		nb->parent_id = nb->origin_id = src->parent_id;
+		nb->parent_epoch = nb->origin_epoch = src->parent_epoch;
 		put_record(b, nb);
 		put_next_id(b, s->next_id);
 		ret = commit_sync(s, b);
@@ -406,7 +417,7 @@ int snap_branch_reset(struct snap *s, const char *name, const char *to,
 			ret = snap ? -ENOTDIR : -ENOENT;
 			goto out;
 		}
-	} else if (!br->parent_id) {
+	} else if (!br->origin_id) {
 		ret = -EINVAL; /* no branch point (main) */
 		goto out;
 	}
@@ -421,8 +432,11 @@ int snap_branch_reset(struct snap *s, const char *name, const char *to,
 	nb = new_record(s, br->name, false, &ret);
 	if (!nb)
 		goto out;
-	nb->parent_id = snap ? snap->parent_id : br->parent_id;
-	nb->parent_epoch = snap ? snap->parent_epoch : br->parent_epoch;
+	nb->parent_id = snap ? snap->parent_id : br->origin_id;
+	nb->parent_epoch = snap ? snap->parent_epoch : br->origin_epoch;
+	/* still "made from" the same place: a later plain reset goes there */
+	nb->origin_id = br->origin_id;
+	nb->origin_epoch = br->origin_epoch;
 	b = kv_batch_new();
 	put_record(b, nb);
 	put_next_id(b, s->next_id);
@@ -440,6 +454,21 @@ out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
 		prune_schedule(s);
+	return ret;
+}
+
+int snap_record_name(struct snap *s, uint32_t id, char *buf, size_t size)
+{
+	struct snap_branch *br;
+	int ret = -ENOENT;
+
+	pthread_rwlock_rdlock(&s->tree_lock);
+	br = branch_by_id(s, id);
+	if (br && !br->gone) {
+		snprintf(buf, size, "%s", br->name);
+		ret = 0;
+	}
+	pthread_rwlock_unlock(&s->tree_lock);
 	return ret;
 }
 
@@ -500,13 +529,19 @@ static int cmp_u64(const void *a, const void *b)
 
 /* Readers of branch @b (sorted epochs; HEAD_READER = the live head). */
 static int readers_of(struct snap *s, const struct snap_branch *br,
-		      uint64_t **out, size_t *n)
+		      uint64_t **out, size_t *n, uint64_t *cut)
 {
-	uint64_t *r = malloc(sizeof(*r) * (s->nbranches + 1));
+	uint64_t *r = malloc(sizeof(*r) * (2 * s->nbranches + 1));
 	size_t k = 0;
 
 	if (!r)
 		return -ENOMEM;
+	/*
+	 * Readers added after this moment freeze the epoch current now or a
+	 * later one: a version whose next version is newer than @cut may be
+	 * needed by one of them, so the pruner keeps it.
+	 */
+	*cut = br->deleted ? UINT64_MAX : atomic_load(&br->epoch);
 	if (!br->deleted && !br->is_snapshot)
 		r[k++] = HEAD_READER;
 	for (size_t i = 0; i < s->nbranches; i++) {
@@ -517,6 +552,12 @@ static int readers_of(struct snap *s, const struct snap_branch *br,
 		if (c->parent_id == br->id && !c->gone &&
 		    !(c->is_snapshot && c->deleted))
 			r[k++] = c->parent_epoch;
+		/* a branch reset --to elsewhere may be reset back to where it
+		 * was made: keep that instant readable */
+		if (c->origin_id == br->id && !c->gone && !c->deleted &&
+		    !c->is_snapshot && (c->origin_id != c->parent_id ||
+					c->origin_epoch != c->parent_epoch))
+			r[k++] = c->origin_epoch;
 	}
 	qsort(r, k, sizeof(*r), cmp_u64);
 	*out = r;
@@ -543,17 +584,18 @@ static bool needed(const uint64_t *r, size_t n, uint64_t v, uint64_t vnext)
  * Delete the keys of branch @id that no reader needs (all of them when it
  * has none), committing every few thousand keys.  *freed counts deletions.
  */
-static int prune_keys(struct snap *s, uint32_t id, const uint64_t *r, size_t n,
-		      uint64_t *freed)
+static int prune_keys(struct snap *s, const struct snap_branch *br,
+		      const uint64_t *r, size_t n, uint64_t cut, uint64_t *freed)
 {
+	uint32_t id = br->id;
 	static const char pfx[] = { BFS_PFX_BMAP, BFS_PFX_DIRENT, BFS_PFX_INODE,
 				    BFS_PFX_XATTR };
 	struct kv_batch *b = kv_batch_new();
 	int ret = 0;
 
 	for (size_t p = 0; p < sizeof(pfx) && ret == 0; p++) {
-		uint8_t lo[5], hi[5], prev[SNAP_KEY_MAX];
-		size_t prevlen = 0;
+		uint8_t lo[5], hi[5], prev[SNAP_KEY_MAX], tomb[SNAP_KEY_MAX];
+		size_t prevlen = 0, tomblen = 0;
 		uint64_t vprev = UINT64_MAX;
 		struct kv_iter *it;
 
@@ -571,22 +613,43 @@ static int prune_keys(struct snap *s, uint32_t id, const uint64_t *r, size_t n,
 				continue;
 			ve = UINT64_MAX - bfs_get_u64(k + kl - 8);
 			if (prevlen != kl - 8 || memcmp(prev, k, kl - 8) != 0) {
+				/* a kept tombstone that was the oldest
+				 * version of the last object hides nothing
+				 * in a branch without a parent: drop it */
+				if (tomblen) {
+					kv_batch_delete(b, KV_CF_META, tomb, tomblen);
+					(*freed)++;
+				}
+				tomblen = 0;
 				memcpy(prev, k, kl - 8);
 				prevlen = kl - 8;
 				vprev = UINT64_MAX; /* newest version of an object */
 			}
-			if (!needed(r, n, ve, vprev)) {
+			if (vprev != UINT64_MAX && vprev > cut) {
+				/* newer than the readers we know: keep */
+				tomblen = 0;
+			} else if (needed(r, n, ve, vprev)) {
+				tomblen = 0;
+				if (vl == 0 && !br->parent_id) {
+					memcpy(tomb, k, kl);
+					tomblen = kl;
+				}
+			} else {
 				if (pfx[p] == BFS_PFX_BMAP && vl == BFS_HASH_SIZE)
 					kv_block_unref(s->kv, b, v);
 				kv_batch_delete(b, KV_CF_META, k, kl);
 				(*freed)++;
-				if (kv_batch_count(b) >= 8192) {
-					ret = kv_commit(s->kv, b);
-					if (ret < 0)
-						break;
-				}
+			}
+			if (kv_batch_count(b) >= 8192) {
+				ret = kv_commit(s->kv, b);
+				if (ret < 0)
+					break;
 			}
 			vprev = ve;
+		}
+		if (ret == 0 && tomblen) {
+			kv_batch_delete(b, KV_CF_META, tomb, tomblen);
+			(*freed)++;
 		}
 		if (ret == 0)
 			ret = kv_iter_status(it);
@@ -639,7 +702,7 @@ int snap_prune(struct snap *s)
 		again = false;
 		for (size_t i = 0; ret == 0; i++) {
 			struct snap_branch *br;
-			uint64_t *r = NULL, freed = 0;
+			uint64_t *r = NULL, freed = 0, cut;
 			size_t n;
 			bool gone;
 
@@ -649,17 +712,18 @@ int snap_prune(struct snap *s)
 				break;
 			}
 			br = s->branches[i];
-			if (br->is_snapshot || br->gone || !br->prune_needed) {
+			if (br->is_snapshot || br->gone || !br->prune_needed ||
+			    atomic_load(&br->pins) > 0) {
 				pthread_rwlock_unlock(&s->tree_lock);
 				continue;
 			}
 			br->prune_needed = false;
-			ret = readers_of(s, br, &r, &n);
+			ret = readers_of(s, br, &r, &n, &cut);
 			pthread_rwlock_unlock(&s->tree_lock);
 			if (ret < 0)
 				break;
 			gone = br->deleted && n == 0;
-			ret = prune_keys(s, br->id, r, n, &freed);
+			ret = prune_keys(s, br, r, n, cut, &freed);
 			free(r);
 			if (ret == 0 && !gone) {
 				struct kv_batch *b = kv_batch_new();

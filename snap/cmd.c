@@ -60,12 +60,19 @@ static uint64_t mono_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static const char *name_of(const struct snap_branch_info *v, size_t n,
-			   uint32_t id)
+/* Display name of record @id: a live branch's name, or the name a branch
+ * keeps across a reset (its old record is deleted but the name lives on),
+ * else NULL ("(deleted)"). */
+static const char *name_of(struct snap *s, const struct snap_branch_info *v,
+			   size_t n, uint32_t id, char *buf, size_t size)
 {
 	for (size_t i = 0; i < n; i++)
 		if (v[i].id == id)
 			return v[i].name;
+	if (snap_record_name(s, id, buf, size) == 0)
+		for (size_t i = 0; i < n; i++)
+			if (strcmp(v[i].name, buf) == 0)
+				return buf;
 	return NULL;
 }
 
@@ -104,7 +111,8 @@ static int list(struct snap *s, bool snapshots, struct out *o)
 		goto out;
 	for (size_t i = 0; i < (snapshots ? ns : nb); i++) {
 		const struct snap_branch_info *e = snapshots ? &sn[i] : &b[i];
-		const char *pn = name_of(b, nb, e->parent_id);
+		char pbuf[SNAP_NAME_MAX + 1];
+		const char *pn = name_of(s, b, nb, e->parent_id, pbuf, sizeof(pbuf));
 		const char *from = NULL;
 		char created[32];
 
@@ -309,7 +317,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 
 	if (!strcmp(cmd, "snapshot-create") && argc == 3) {
 		ret = snap_snapshot_create(s, argv[1], argv[2], &id);
-		if (ret == -ENOENT)
+		if (ret == -ENOENT || ret == -EISDIR)
 			reply_err(&o, ret, "branch", argv[1]);
 		else if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[2]);
@@ -347,7 +355,8 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		if (ret == -EINVAL && !to)
 			outf(&o, "branch '%s' has no branch point; give --to "
 				 "SNAPSHOT\n", argv[1]);
-		else if (ret == -ENOENT && to)
+		else if ((ret == -ENOENT || ret == -ENOTDIR) && to &&
+			 snap_branch_find(s, argv[1], &id) == 0)
 			reply_err(&o, ret, "snapshot", to);
 		else if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);

@@ -283,11 +283,21 @@ int bmap_zero_tail(struct op *op, struct kv_batch *b, struct snap_inode *in,
 	return zero_in_block(op, b, in, size / BS, size % BS, BS);
 }
 
-/* Remove every key of (@pfx, @ino) written at the op's epoch. */
+/*
+ * Remove every object of (@pfx, @ino) from the op's branch head: the newest
+ * version of each object, if written at the op's epoch, is deleted (its
+ * block reference dropped) - or overwritten with a tombstone when an older
+ * version exists below it; a live newest version of an older epoch gets a
+ * tombstone.  Older versions stay for the snapshots that read them; with a
+ * newer tombstone above them, the pruner frees them once no reader needs
+ * them (without it they would look current forever).
+ */
 static int purge_current(struct op *op, struct kv_batch *b, char pfx,
 			 uint64_t ino)
 {
-	uint8_t lo[13], hi[13];
+	uint8_t lo[13], hi[13], obj[SNAP_KEY_MAX], cur[SNAP_KEY_MAX];
+	size_t objlen = 0, curlen = 0;
+	bool first = false;
 	struct kv_iter *it;
 	int ret;
 
@@ -297,19 +307,48 @@ static int purge_current(struct op *op, struct kv_batch *b, char pfx,
 	bfs_put_u64(lo + 5, ino);
 	bfs_put_u64(hi + 5, ino + 1);
 	it = kv_iter_new(op->kv, KV_CF_META, lo, 13, hi, 13);
-	if (!it)
-		return -ENOMEM;
 	for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
 		size_t kl, vl;
 		const uint8_t *k = kv_iter_key(it, &kl);
 		const uint8_t *v = kv_iter_value(it, &vl);
+		uint64_t ve;
 
-		if (kl < 13 + 8 || UINT64_MAX - bfs_get_u64(k + kl - 8) != op->e0)
+		if (kl < 13 + 8 || kl > SNAP_KEY_MAX)
 			continue;
-		if (pfx == BFS_PFX_BMAP && vl == BFS_HASH_SIZE)
-			kv_block_unref(op->kv, b, v);
-		kv_batch_delete(b, KV_CF_META, k, kl);
+		ve = UINT64_MAX - bfs_get_u64(k + kl - 8);
+		first = objlen != kl - 8 || memcmp(obj, k, kl - 8) != 0;
+		if (first) {
+			memcpy(obj, k, kl - 8);
+			objlen = kl - 8;
+		}
+		if (!first) {
+			/* an older version below the newest one */
+			if (curlen) { /* the newest was at our epoch */
+				kv_batch_put(b, KV_CF_META, cur, curlen, "", 0);
+				curlen = 0;
+			}
+			continue;
+		}
+		if (curlen) /* previous object: newest at our epoch, alone */
+			kv_batch_delete(b, KV_CF_META, cur, curlen);
+		curlen = 0;
+		if (ve > op->e0)
+			continue; /* cannot happen: keys above the head epoch */
+		if (ve == op->e0) {
+			if (pfx == BFS_PFX_BMAP && vl == BFS_HASH_SIZE)
+				kv_block_unref(op->kv, b, v);
+			memcpy(cur, k, kl);
+			curlen = kl;
+		} else if (vl) {
+			uint8_t t[SNAP_KEY_MAX];
+
+			memcpy(t, k, kl - 8);
+			bfs_put_u64(t + kl - 8, UINT64_MAX - op->e0);
+			kv_batch_put(b, KV_CF_META, t, kl, "", 0);
+		}
 	}
+	if (curlen)
+		kv_batch_delete(b, KV_CF_META, cur, curlen);
 	ret = kv_iter_status(it);
 	kv_iter_free(it);
 	return ret;

@@ -118,7 +118,7 @@ static int readers(struct snap *s, const struct snap_branch *br,
 		   const struct snap_du_ent *ents, size_t nents,
 		   struct rdr **out, size_t *n)
 {
-	struct rdr *r = malloc(sizeof(*r) * (s->nbranches + 1));
+	struct rdr *r = malloc(sizeof(*r) * (2 * s->nbranches + 1));
 	size_t k = 0;
 
 	if (!r)
@@ -140,6 +140,15 @@ static int readers(struct snap *s, const struct snap_branch *br,
 		else
 			o = ent_index(ents, nents, c->id);
 		r[k++] = (struct rdr){ c->parent_epoch, o };
+	}
+	for (size_t i = 0; i < s->nbranches; i++) {
+		const struct snap_branch *c = s->branches[i];
+
+		/* origins of branches reset elsewhere (see readers_of) */
+		if (c->origin_id == br->id && !c->gone && !c->deleted &&
+		    !c->is_snapshot && (c->origin_id != c->parent_id ||
+					c->origin_epoch != c->parent_epoch))
+			r[k++] = (struct rdr){ c->origin_epoch, OWNER_SHARED };
 	}
 	qsort(r, k, sizeof(*r), rdr_cmp);
 	*out = r;

@@ -131,6 +131,10 @@ void snap_tree_put(struct snap_tree *t);
 uint32_t snap_tree_id(const struct snap_tree *t);
 bool snap_tree_readonly(const struct snap_tree *t);
 
+/* Name of the branch or snapshot record @id, live or deleted but still
+ * kept (a branch reset keeps its old record under the same name). */
+int snap_record_name(struct snap *s, uint32_t id, char *buf, size_t size);
+
 /* Id of the branch named @name: -ENOENT if none. */
 int snap_branch_find(struct snap *s, const char *name, uint32_t *id);
 

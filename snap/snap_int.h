@@ -32,14 +32,18 @@
 
 struct snap_branch {
 	uint32_t id;
-	uint32_t parent_id;
+	uint32_t parent_id;     /* the tree it reads through (ancestry) */
 	uint64_t parent_epoch;
+	uint32_t origin_id;     /* where it was made from (branch point) */
+	uint64_t origin_epoch;
 	_Atomic uint64_t epoch; /* current epoch; changes under epoch_lock (W) */
 	uint64_t created_ns;
 	bool is_snapshot;
 	bool deleted;           /* kept only as an ancestor; see format.h */
 	bool gone;              /* pruned away: record and keys deleted */
-	bool prune_needed;      /* its readers shrank; protected by tree_lock */
+	_Atomic bool prune_needed; /* its readers shrank */
+	_Atomic int pins;          /* deleted trees still held that read its
+				    * keys at level 0: no pruning meanwhile */
 	char name[SNAP_NAME_MAX + 1];
 	pthread_rwlock_t epoch_lock;
 	pthread_mutex_t ns_lock;
@@ -59,6 +63,7 @@ struct snap_tree {
 	int nlevels;
 	struct snap_level *lv;  /* lv[0].e is live for branches: read br->epoch */
 	struct snap_tree *next; /* tree table chain */
+	struct snap_branch *pin; /* pinned branch, once deleted while held */
 };
 
 struct snap_open_ent {

@@ -51,7 +51,9 @@ size_t branch_encode(const struct snap_branch *br, uint8_t *v)
 	bfs_put_u64(v + 22, br->created_ns);
 	bfs_put_u16(v + 30, (uint16_t)nl);
 	memcpy(v + BFS_REC_HDR_SIZE, br->name, nl);
-	return BFS_REC_HDR_SIZE + nl;
+	bfs_put_u32(v + BFS_REC_HDR_SIZE + nl, br->origin_id);
+	bfs_put_u64(v + BFS_REC_HDR_SIZE + nl + 4, br->origin_epoch);
+	return BFS_REC_HDR_SIZE + nl + 12;
 }
 
 struct snap_branch *branch_new(void)
@@ -91,7 +93,7 @@ static int branch_decode(uint32_t id, bool snapshot, const uint8_t *v,
 	if (vl < BFS_REC_HDR_SIZE || v[0] != BFS_REC_VERSION)
 		goto bad;
 	nl = bfs_get_u16(v + 30);
-	if (nl > SNAP_NAME_MAX || vl != BFS_REC_HDR_SIZE + nl)
+	if (nl > SNAP_NAME_MAX || vl != BFS_REC_HDR_SIZE + nl + 12)
 		goto bad;
 	br = branch_new();
 	if (!br)
@@ -105,6 +107,8 @@ static int branch_decode(uint32_t id, bool snapshot, const uint8_t *v,
 	br->created_ns = bfs_get_u64(v + 22);
 	memcpy(br->name, v + BFS_REC_HDR_SIZE, nl);
 	br->name[nl] = 0;
+	br->origin_id = bfs_get_u32(v + BFS_REC_HDR_SIZE + nl);
+	br->origin_epoch = bfs_get_u64(v + BFS_REC_HDR_SIZE + nl + 4);
 	*out = br;
 	return 0;
 bad:
@@ -212,8 +216,17 @@ int snap_tree_get(struct snap *s, uint32_t id, struct snap_tree **out)
 
 void snap_tree_put(struct snap_tree *t)
 {
-	if (t && atomic_fetch_sub(&t->refs, 1) == 1)
+	if (t && atomic_fetch_sub(&t->refs, 1) == 1) {
+		struct snap_branch *pin = t->pin;
+		struct snap *s = t->s;
+
 		tree_free(t);
+		if (pin) { /* the last holder of a deleted tree let go */
+			atomic_store(&pin->prune_needed, true);
+			atomic_fetch_sub(&pin->pins, 1);
+			prune_schedule(s);
+		}
+	}
 }
 
 uint32_t snap_tree_id(const struct snap_tree *t)
@@ -269,8 +282,9 @@ int snap_branch_list(struct snap *s, bool snapshots,
 		if (br->is_snapshot != snapshots || br->deleted)
 			continue;
 		v[k].id = br->id;
-		v[k].parent_id = br->parent_id;
-		v[k].parent_epoch = br->parent_epoch;
+		/* users know a branch by where it was made from */
+		v[k].parent_id = br->origin_id;
+		v[k].parent_epoch = br->origin_epoch;
 		v[k].epoch = br->is_snapshot ? 0 : atomic_load(&br->epoch);
 		v[k].created_ns = br->created_ns;
 		v[k].is_snapshot = br->is_snapshot;
@@ -462,7 +476,7 @@ int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
 	struct kv *kv = NULL;
 	struct kv_batch *b = NULL;
 	struct stat st;
-	uint8_t v[BFS_REC_HDR_SIZE + SNAP_NAME_MAX], k[8];
+	uint8_t v[BFS_REC_HDR_SIZE + SNAP_NAME_MAX + 12], k[8];
 	char *dbp = NULL, *lp = NULL, *fp = NULL;
 	bool made_dir = false;
 	int fd = -1, lockfd = -1, ret;
