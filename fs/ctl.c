@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FUSE_USE_VERSION 314
@@ -110,13 +111,6 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 	}
 	if (argc == 1 && strcmp(argv[0], "stats") == 0)
 		return do_stats(fs, r);
-	if (argc == 1 && strcmp(argv[0], "gc") == 0) {
-		int ret = snap_gc(fs->s, 0);
-
-		if (ret == 0)
-			ret = snap_sync(fs->s);
-		return ret;
-	}
 	{
 		char *text = NULL;
 		int ret = snap_command(fs->s, argc, argv, &text);
@@ -130,12 +124,24 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 	}
 }
 
-static int read_full(int fd, void *buf, size_t n)
+/* Read exactly @n bytes, giving up 5 s after @start (a slow or stuck
+ * client must not hold the single control thread). */
+static int read_full(int fd, void *buf, size_t n, const struct timespec *start)
 {
 	size_t done = 0;
 
 	while (done < n) {
-		ssize_t r = read(fd, (char *)buf + done, n - done);
+		struct pollfd p = { fd, POLLIN, 0 };
+		struct timespec now;
+		long left;
+		ssize_t r;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left = 5000 - (long)((now.tv_sec - start->tv_sec) * 1000 +
+				     (now.tv_nsec - start->tv_nsec) / 1000000);
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			return -ETIMEDOUT;
+		r = read(fd, (char *)buf + done, n - done);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -168,6 +174,7 @@ static void serve_one(struct fs *fs, int c)
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
 	struct timeval tv = { .tv_sec = 5 };
+	struct timespec start;
 	unsigned char hdr[8];
 	char *req = NULL, *argv[CTL_MAX_WORDS];
 	uint32_t n;
@@ -181,7 +188,8 @@ static void serve_one(struct fs *fs, int c)
 		status = -EACCES;
 		goto reply;
 	}
-	if (read_full(c, hdr, 4) < 0) {
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (read_full(c, hdr, 4, &start) < 0) {
 		status = -EPROTO;
 		goto out; /* nothing to answer */
 	}
@@ -197,7 +205,7 @@ static void serve_one(struct fs *fs, int c)
 		status = -ENOMEM;
 		goto reply;
 	}
-	if (read_full(c, req, n) < 0) {
+	if (read_full(c, req, n, &start) < 0) {
 		rprintf(&r, "truncated request\n");
 		status = -EINVAL;
 		goto reply;

@@ -477,6 +477,8 @@ pgver=$("$PGBIN/postgres" --version | awk '{ print $3 }')
 bfver=$("$BRANCHFS" version 2>/dev/null | head -n 1 | sed "s/^branchfs //" || echo "?")
 rev=$(git -C "$PGL_ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
 git -C "$PGL_ROOT" diff --quiet HEAD -- fs kv snap tools 2>/dev/null || rev="$rev+local changes"
+src="git $rev"
+[ "$BRANCHFS" -ef "$PGL_ROOT/branchfs" ] || src="binary $BRANCHFS; repository at $rev"
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 memg=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 total_min=$(awk -v a="$T_START" -v b="$(pgl_now)" 'BEGIN { printf "%.0f", (b - a) / 60 }')
@@ -542,7 +544,7 @@ ready_cell() { # ready_cell SCALE KEY
 		return
 	fi
 	awk -v r="$r" -v c="$(v "$1.$2_create")" -v p="$(v "$1.$2_pgctl")" -v ph="$(v "$1.$2_phases")" -v w="$(v "$1.$2_wal")" \
-		'BEGIN { printf "**%.2f s**: create %.0f ms, pg_ctl start -w %.2f s (%s; %.0f MiB WAL since the checkpoint)", r, c, p, ph, w / 1048576 }'
+		'BEGIN { printf "**%.2f s**: create %.0f ms, pg_ctl start -w %.2f s (%s; main had %.0f MiB of WAL since its last checkpoint)", r, c, p, ph, w / 1048576 }'
 }
 c_ready() {
 	local out
@@ -588,7 +590,7 @@ fi
 mkdir -p "$(dirname "$OUT")"
 {
 	echo "Measured $(date -u '+%Y-%m-%d %H:%M') UTC by \`scripts/bench-branch.sh\` (\`make bench\`) in $total_min min:"
-	echo "branchfs $bfver (git $rev), PostgreSQL $pgver, $(nproc) CPUs ($cpu), $memg RAM, $(uname -r);"
+	echo "branchfs $bfver ($src), PostgreSQL $pgver, $(nproc) CPUs ($cpu), $memg RAM, $(uname -r);"
 	echo "stores, plain PGDATAs and copies on $fstype under \`${BENCH_DIR:-${TMPDIR:-/tmp}}\`; load average at start $LOAD_START."
 	echo "BENCH_BRANCH_SCALES=\"$SCALES\" BENCH_SECS=$SECS BENCH_BRANCH_N=$N BENCH_BRANCH_DEPTH=$DEPTH."
 	echo "Server settings everywhere: \`${PGL_SETTINGS[*]}\`, initdb \`${INITDB_FLAGS[*]} -E UTF8 --no-locale\`;"
@@ -634,11 +636,11 @@ mkdir -p "$(dirname "$OUT")"
 		for s in "${SCALE_LIST[@]}"; do
 			[ -n "$(v "$s.tps_deep")" ] || continue
 			awk -v s="$s" -v m="$(v "$s.tps_main")" -v d="$(v "$s.tps_deep")" -v dep="$DEPTH" \
-				-v cm="$(med_of "$s" d wall)" -v cx="$(max_of "$s" d wall)" 'BEGIN {
+				-v bq='`' -v cm="$(med_of "$s" d wall)" -v cx="$(max_of "$s" d wall)" 'BEGIN {
 				r = (m > 0) ? d / m : 0
 				printf "| TPS, scale %s | %.0f | %.0f | %.3fx | within 10%% | %s |\n", s, m, d, r,
 					(r >= 0.9 && r <= 1.1) ? "met" : (r > 1.1 ? "deep faster" : "MISSED")
-				printf "| \`branch create --from\` of the chain, postgres stopped: median / max of %s | | %s / %s ms | | | |\n", dep, cm, cx
+				printf "| %sbranch create --from%s of the chain, postgres stopped: median / max of %s | | %s / %s ms | | | |\n", bq, bq, dep, cm, cx
 			}'
 		done
 	fi

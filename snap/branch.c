@@ -147,6 +147,19 @@ static void prune_mark(struct kv_batch *b, uint32_t id, bool set)
 		kv_batch_delete(b, KV_CF_SYS, k, 5);
 }
 
+/*
+ * Make a record change that is already committed and published in memory
+ * durable.  Called after every lock is released: operations go on during
+ * the fsync.  The WAL is ordered, so anything written after the record and
+ * synced by someone else makes the record durable too.  If the sync fails,
+ * the change stays in effect in this process (its outcome after a crash
+ * is unknown) and the caller reports the error.
+ */
+static int published_sync(struct snap *s)
+{
+	return kv_sync(s->kv);
+}
+
 static int commit_sync(struct snap *s, struct kv_batch *b)
 {
 	int ret = kv_commit(s->kv, b);
@@ -181,14 +194,6 @@ static int freeze_into(struct snap *s, struct snap_branch *src,
 	if (ret < 0)
 		atomic_store(&src->epoch, e);
 	pthread_rwlock_unlock(&src->epoch_lock);
-	/*
-	 * Sync outside the exclusive section: writes at E + 1 may proceed
-	 * meanwhile.  The WAL is ordered, so any of them made durable makes
-	 * this record durable too; the caller hears of success only after
-	 * the record itself is synced.
-	 */
-	if (ret == 0)
-		ret = kv_sync(s->kv);
 	kv_batch_free(b);
 	return ret;
 }
@@ -255,6 +260,8 @@ int snap_snapshot_create(struct snap *s, const char *branch, const char *name,
 		*id = nb->id;
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
+	if (ret == 0)
+		ret = published_sync(s);
 	return ret;
 }
 
@@ -286,7 +293,7 @@ int snap_branch_create(struct snap *s, const char *name, const char *from,
 		nb->parent_epoch = nb->origin_epoch = src->parent_epoch;
 		put_record(b, nb);
 		put_next_id(b, s->next_id);
-		ret = commit_sync(s, b);
+		ret = kv_commit(s->kv, b);
 		kv_batch_free(b);
 	} else {
 		ret = freeze_into(s, src, nb);
@@ -301,6 +308,8 @@ int snap_branch_create(struct snap *s, const char *name, const char *from,
 		*id = nb->id;
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
+	if (ret == 0)
+		ret = published_sync(s);
 	return ret;
 }
 
@@ -314,7 +323,7 @@ static int mark_deleted(struct snap *s, struct snap_branch *br,
 	br->deleted = true;
 	put_record(b, br);
 	prune_mark(b, br->id, true);
-	ret = commit_sync(s, b);
+	ret = kv_commit(s->kv, b);
 	if (ret < 0)
 		br->deleted = false;
 	pthread_rwlock_unlock(&br->epoch_lock);
@@ -349,6 +358,8 @@ int snap_branch_delete(struct snap *s, const char *name, bool force)
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
+		ret = published_sync(s);
+	if (ret == 0)
 		prune_schedule(s);
 	return ret;
 }
@@ -376,7 +387,7 @@ int snap_snapshot_delete(struct snap *s, const char *name, bool force)
 	branch_key(k, br);
 	kv_batch_delete(b, KV_CF_SYS, k, 5);
 	prune_mark(b, br->parent_id, true);
-	ret = commit_sync(s, b);
+	ret = kv_commit(s->kv, b);
 	kv_batch_free(b);
 	if (ret == 0) {
 		/* Snapshots are not readers of anything once gone; keep the
@@ -391,6 +402,8 @@ int snap_snapshot_delete(struct snap *s, const char *name, bool force)
 	}
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
+	if (ret == 0)
+		ret = published_sync(s);
 	if (ret == 0)
 		prune_schedule(s);
 	return ret;
@@ -453,6 +466,8 @@ int snap_branch_reset(struct snap *s, const char *name, const char *to,
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
+		ret = published_sync(s);
+	if (ret == 0)
 		prune_schedule(s);
 	return ret;
 }
@@ -494,12 +509,14 @@ int snap_branch_rename(struct snap *s, const char *oldname, const char *newname)
 	snprintf(br->name, sizeof(br->name), "%s", newname);
 	b = kv_batch_new();
 	put_record(b, br);
-	ret = commit_sync(s, b);
+	ret = kv_commit(s->kv, b);
 	kv_batch_free(b);
 	if (ret < 0)
 		memcpy(br->name, saved, sizeof(saved));
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
+	if (ret == 0)
+		ret = published_sync(s);
 	return ret;
 }
 
@@ -626,11 +643,18 @@ static int prune_keys(struct snap *s, const struct snap_branch *br,
 				vprev = UINT64_MAX; /* newest version of an object */
 			}
 			if (vprev != UINT64_MAX && vprev > cut) {
-				/* newer than the readers we know: keep */
+				/* the next version is newer than the readers we
+				 * know (a snapshot was taken since): keep.  A
+				 * next version at the head epoch may still be
+				 * rewritten by writers, but never deleted while
+				 * an older version exists (vhas_older, bmap
+				 * "below"), so deciding on it is safe. */
 				tomblen = 0;
 			} else if (needed(r, n, ve, vprev)) {
 				tomblen = 0;
-				if (vl == 0 && !br->parent_id) {
+				/* only below the head epoch: writers never
+				 * touch those keys */
+				if (vl == 0 && !br->parent_id && ve < cut) {
 					memcpy(tomb, k, kl);
 					tomblen = kl;
 				}

@@ -300,6 +300,27 @@ static void touch_dir(struct nsop *n, struct snap_inode *d)
 	iset_dirty(&n->is, d);
 }
 
+/*
+ * The hidden inherited pid file of @d (inode @ino) goes away because its
+ * name is being reused or its directory removed: drop its link (the entry
+ * itself is overwritten or tombstoned by the caller) and its count in @d.
+ */
+static int drop_hidden(struct nsop *n, struct snap_inode *d, uint64_t ino)
+{
+	struct snap_inode *o;
+	int ret;
+
+	o = iset_get(&n->op, &n->is, ino, &ret);
+	if (!o)
+		return ret == -ENOENT ? 0 : ret;
+	if (o->nlink)
+		o->nlink--;
+	iset_dirty(&n->is, o);
+	if (d->size)
+		d->size--;
+	return 0;
+}
+
 static int create_common(struct snap_tree *t, uint64_t dir, const char *name,
 			 uint32_t mode, uint64_t rdev, const char *target,
 			 uint32_t uid, uint32_t gid, struct snap_attr *a)
@@ -329,15 +350,10 @@ static int create_common(struct snap_tree *t, uint64_t dir, const char *name,
 
 		ret = dirent_get_lv(&n.op, dir, name, &old, NULL, &level);
 		if (ret == 0 && hidden_inherited(&n.op, name, level)) {
-			/* replace the inherited pid file: drop its link */
-			struct snap_inode *o = iset_get(&n.op, &n.is, old, &ret);
-
-			if (!o)
+			/* replace the inherited pid file */
+			ret = drop_hidden(&n, d, old);
+			if (ret < 0)
 				return nsop_end(&n, ret);
-			if (o->nlink)
-				o->nlink--;
-			iset_dirty(&n.is, o);
-			d->size--;
 			ret = -ENOENT;
 		} else if (ret == 0) {
 			return nsop_end(&n, -EEXIST);
@@ -464,9 +480,19 @@ int snap_link(struct snap_tree *t, uint64_t ino, uint64_t dir,
 		return nsop_end(&n, -ENOENT);
 	if (in->nlink >= 65000)
 		return nsop_end(&n, -EMLINK);
-	ret = dirent_get(&n.op, dir, name, &old, NULL);
-	if (ret == 0)
-		return nsop_end(&n, -EEXIST);
+	{
+		int level;
+
+		ret = dirent_get_lv(&n.op, dir, name, &old, NULL, &level);
+		if (ret == 0 && hidden_inherited(&n.op, name, level)) {
+			ret = drop_hidden(&n, d, old);
+			if (ret < 0)
+				return nsop_end(&n, ret);
+			ret = -ENOENT;
+		} else if (ret == 0) {
+			return nsop_end(&n, -EEXIST);
+		}
+	}
 	if (ret != -ENOENT)
 		return nsop_end(&n, ret);
 	dirent_put(&n.op, n.b, dir, name, ino, in->mode);
@@ -511,6 +537,20 @@ static int remove_common(struct snap_tree *t, uint64_t dir, const char *name,
 		return nsop_end(&n, -ENOTDIR);
 	if (!want_dir && S_ISDIR(in->mode))
 		return nsop_end(&n, -EISDIR);
+	if (want_dir && in->size == 1) {
+		/* only a hidden inherited pid file left: it goes too */
+		uint64_t pino;
+		int level;
+
+		if (dirent_get_lv(&n.op, ino, PG_PIDFILE, &pino, NULL, &level) == 0 &&
+		    hidden_inherited(&n.op, PG_PIDFILE, level)) {
+			ret = dirent_del(&n.op, n.b, ino, PG_PIDFILE);
+			if (ret == 0)
+				ret = drop_hidden(&n, in, pino);
+			if (ret < 0)
+				return nsop_end(&n, ret);
+		}
+	}
 	if (want_dir && in->size > 0)
 		return nsop_end(&n, -ENOTEMPTY);
 	ret = dirent_del(&n.op, n.b, dir, name);
@@ -588,15 +628,22 @@ int snap_rename(struct snap_tree *t, uint64_t olddir, const char *oldname,
 	ret = dirent_get(&n.op, olddir, oldname, &sino, NULL);
 	if (ret < 0)
 		return nsop_end(&n, ret);
-	ret = dirent_get(&n.op, newdir, newname, &dino, NULL);
-	if (ret == -ENOENT)
-		dino = 0;
-	else if (ret < 0)
-		return nsop_end(&n, ret);
-	if ((flags & SNAP_RENAME_EXCHANGE) && !dino)
-		return nsop_end(&n, -ENOENT);
-	if ((flags & SNAP_RENAME_NOREPLACE) && dino)
-		return nsop_end(&n, -EEXIST);
+	{
+		int level;
+		bool hidden;
+
+		ret = dirent_get_lv(&n.op, newdir, newname, &dino, NULL, &level);
+		hidden = ret == 0 && hidden_inherited(&n.op, newname, level);
+		if (ret == -ENOENT)
+			dino = 0;
+		else if (ret < 0)
+			return nsop_end(&n, ret);
+		/* a hidden pid file is replaced as if absent */
+		if ((flags & SNAP_RENAME_EXCHANGE) && (!dino || hidden))
+			return nsop_end(&n, -ENOENT);
+		if ((flags & SNAP_RENAME_NOREPLACE) && dino && !hidden)
+			return nsop_end(&n, -EEXIST);
+	}
 	if (sino == dino) /* same file (hard links): nothing to do */
 		return nsop_end(&n, 0);
 

@@ -124,6 +124,11 @@ int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 	return 0;
 }
 
+/*
+ * True if any version (live or tombstone) exists below (level 0, op
+ * epoch).  Deleting the current-epoch key is only safe without one: an
+ * older tombstone may be pruned later and let an ancestor show through.
+ */
 int vhas_older(struct op *op, char pfx, const void *obj, size_t olen)
 {
 	struct vres r;
@@ -138,7 +143,7 @@ int vhas_older(struct op *op, char pfx, const void *obj, size_t olen)
 	if (ret < 0)
 		return ret;
 	free(r.val);
-	return r.live;
+	return r.level >= 0;
 }
 
 void vput(struct op *op, struct kv_batch *b, char pfx, const void *obj,

@@ -42,5 +42,15 @@ ls "$MNT/b/pg/data" | grep -q postmaster.pid && bfs_fail "readdir lists postmast
 [ "$(cat "$MNT/b/pg/data/postmaster.pid")" = new ] || bfs_fail "branch pid file content"
 [ "$(cat "$D/pg/data/postmaster.pid")" = "$$" ] || bfs_fail "main's pid file changed"
 
+bfs_step "a directory holding only a hidden pid file can be removed; renames over it work"
+"$BRANCHFS" branch create c >/dev/null 2>&1
+echo tmp >"$MNT/c/pg/data/newpid"
+mv "$MNT/c/pg/data/newpid" "$MNT/c/pg/data/postmaster.pid" || bfs_fail "rename over the hidden pid file"
+[ "$(cat "$MNT/c/pg/data/postmaster.pid")" = tmp ] || bfs_fail "renamed pid file content"
+"$BRANCHFS" branch create c2 >/dev/null 2>&1
+rm -rf "$MNT/c2/pg" || bfs_fail "rm -rf of an inherited PGDATA with a hidden pid file failed"
+[ -e "$MNT/c2/pg" ] && bfs_fail "c2/pg still there"
+[ "$(cat "$D/pg/data/postmaster.pid")" = "$$" ] || bfs_fail "main's pid file changed"
+
 bfs_umount "$MNT"
 echo "PASS $BFS_TEST"
