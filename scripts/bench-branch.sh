@@ -10,12 +10,19 @@
 #     the CLI's own figure (--json "ms") and the in-store time ("store_ms");
 #     median and max; then `branch delete` of each (median, max);
 #     the same 20 creates once more with postgres idle, for reference;
-#   time from `branch create X` (pgbench still running on main, so the branch
-#     holds a crash image) to the branch's postgres accepting connections:
-#     pg_ctl start -w on MNT/X/pgdata with another port, then pg_isready; the
-#     WAL it had to replay (since the parent's last checkpoint) is noted;
+#   time from the start of `branch create X` to the branch's postgres accepting
+#     connections (pg_ctl start -w on MNT/X/pgdata with another port, then
+#     pg_isready), three ways: (a) pgbench still running on main, so the
+#     branch holds a crash image and its postgres replays the WAL written since
+#     main's last checkpoint; if that postgres fails to start, the failure is
+#     reported and the measure is retried once after `branchfs gc`; (b) the
+#     same with `branch create --checkpoint PGURL` (the CHECKPOINT is timed
+#     too); (c) main running but idle, just after a CHECKPOINT.  The phases of
+#     the start (start-up, redo, end-of-recovery checkpoint) come from the
+#     server log;
+#   `branchfs version` 20 times under the same load: process start-up alone;
 #   (first scale only, BENCH_BRANCH_DEPTH_SCALES) read-write pgbench TPS on a
-#     branch DEPTH (10) levels deep (b1 from main, b2 from b1, ...) against main:
+#     branch DEPTH (10) levels deep (d1 from main, d2 from d1, ...) against main:
 #     main stopped cleanly first, each run after a fresh mount (cold caches), a
 #     CHECKPOINT, same settings and duration;
 #   cp -a of the stopped PGDATA from the branchfs mount to the host disk.
@@ -487,7 +494,7 @@ hdr="| measure |"
 sep="|---|"
 for s in "${SCALE_LIST[@]}"; do
 	if [ -n "$(v "$s.plain_du")" ]; then
-		hdr="$hdr scale $s ($(gib "$(v "$s.plain_du")")) |"
+		hdr="$hdr scale $s (PGDATA $(gib "$(v "$s.plain_du")")) |"
 	elif [ -n "$(v "$s.bfs_dbsize")" ]; then
 		hdr="$hdr scale $s (db $(gib "$(v "$s.bfs_dbsize")")) |"
 	else

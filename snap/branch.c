@@ -79,7 +79,7 @@ static void tree_unlink(struct snap *s, uint32_t id)
 
 			*pp = t->next;
 			if (atomic_load(&t->refs) > 1) {
-				t->pin = branch_by_id(s, t->lv[0].b);
+				t->pin = branch_by_id(s, t->base);
 				if (t->pin)
 					atomic_fetch_add(&t->pin->pins, 1);
 			}

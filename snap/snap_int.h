@@ -60,8 +60,11 @@ struct snap_tree {
 	bool readonly;
 	struct snap_branch *br; /* branch written to (NULL for snapshots) */
 	_Atomic int refs;
+	uint32_t base;          /* branch read at the first level (its own for
+				 * a branch, the parent's for a snapshot) */
 	int nlevels;
-	struct snap_level *lv;  /* lv[0].e is live for branches: read br->epoch */
+	struct snap_level *lv;  /* lv[0].e is live for branches: read br->epoch;
+				 * levels of branches without keys are left out */
 	struct snap_tree *next; /* tree table chain */
 	struct snap_branch *pin; /* pinned branch, once deleted while held */
 };

@@ -132,6 +132,31 @@ struct snap_branch *branch_by_id(struct snap *s, uint32_t id)
 
 /* ---- trees ----------------------------------------------------------- */
 
+/* Does branch @b have any metadata key (any object, any epoch)? */
+static bool branch_has_keys(struct snap *s, uint32_t b)
+{
+	static const char pfx[] = { BFS_PFX_INODE, BFS_PFX_DIRENT, BFS_PFX_BMAP,
+				    BFS_PFX_XATTR };
+
+	for (size_t i = 0; i < sizeof(pfx); i++) {
+		uint8_t lo[5], hi[5];
+		struct kv_iter *it;
+		bool any;
+
+		lo[0] = hi[0] = (uint8_t)pfx[i];
+		bfs_put_u32(lo + 1, b);
+		bfs_put_u32(hi + 1, b + 1);
+		it = kv_iter_new(s->kv, KV_CF_META, lo, 5, hi, 5);
+		kv_iter_seek_first(it);
+		/* on a read error, keep the level (never wrong, only slower) */
+		any = kv_iter_valid(it) || kv_iter_status(it) != 0;
+		kv_iter_free(it);
+		if (any)
+			return true;
+	}
+	return false;
+}
+
 /* Build the tree of branch or snapshot @br; called under tree_lock (W). */
 int tree_build(struct snap *s, struct snap_branch *br,
 		      struct snap_tree **out)
@@ -180,6 +205,24 @@ int tree_build(struct snap *s, struct snap_branch *br,
 		t->lv[n].b = p->id;
 		t->lv[n++].e = cur->parent_epoch;
 		cur = p;
+	}
+	t->base = t->lv[0].b;
+	/*
+	 * Drop levels whose branch has no keys at all: they can never get
+	 * any at or below the epoch this tree reads them at (writes go to
+	 * later epochs), so a chain of untouched branches costs nothing.
+	 * A branch's own level 0 stays: it is where its writes go.
+	 */
+	{
+		int k = 0;
+
+		for (int i = 0; i < n; i++)
+			if ((i == 0 && !br->is_snapshot) ||
+			    branch_has_keys(s, t->lv[i].b))
+				t->lv[k++] = t->lv[i];
+		if (k == 0) /* an empty snapshot: keep one level to read */
+			k = 1;
+		n = k;
 	}
 	t->nlevels = n;
 	atomic_store(&t->refs, 1); /* the table's reference */
