@@ -19,6 +19,17 @@ LDLIBS_KV   := $(shell pkg-config --libs rocksdb libzstd libxxhash 2>/dev/null |
 LDLIBS_FUSE := $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
 CFLAGS_FUSE := $(shell pkg-config --cflags fuse3 2>/dev/null)
 
+# The branchfs binary links RocksDB statically when the static library is
+# there (Debian's librocksdb-dev ships it): resolving the shared library's C++
+# symbols doubled the start-up time of every CLI command (~4 ms -> ~2 ms).
+ROCKSDB_A := $(shell $(CC) -print-file-name=librocksdb.a)
+ifneq ($(ROCKSDB_A),librocksdb.a)
+LDLIBS_BIN_KV := $(ROCKSDB_A) -lgflags -lsnappy -llz4 -lzstd -lbz2 -lz -lxxhash \
+                 -lstdc++ -lm -ldl -lpthread
+else
+LDLIBS_BIN_KV := $(LDLIBS_KV)
+endif
+
 ifeq ($(DEVELOPER),1)
 CFLAGS  += -Werror
 endif
@@ -61,7 +72,7 @@ $(B)/libfs.a: $(FS_OBJ)
 
 branchfs: $(TOOLS_OBJ) $(B)/libfs.a $(B)/libsnap.a $(B)/libkv.a
 	$(CC) $(LDFLAGS) -o $@ $(TOOLS_OBJ) $(B)/libfs.a $(B)/libsnap.a $(B)/libkv.a \
-		$(LDLIBS_FUSE) $(LDLIBS_KV)
+		$(LDLIBS_FUSE) $(LDLIBS_BIN_KV)
 
 # Unit tests link the layer libraries without FUSE (tests/fs links libfs).
 $(B)/tests/kv/%: tests/kv/%.c $(B)/libkv.a
