@@ -89,13 +89,13 @@ $(B)/tests/fs/%: tests/fs/%.c $(B)/libfs.a $(B)/libsnap.a $(B)/libkv.a
 unit: $(UNIT_BIN)
 
 test: branchfs unit
-	tests/run.sh all
+	BFS_BUILD=$(B) tests/run.sh all
 check: unit
-	tests/run.sh unit
+	BFS_BUILD=$(B) tests/run.sh unit
 check-e2e: branchfs
-	tests/run.sh e2e
+	BFS_BUILD=$(B) tests/run.sh e2e
 check-pg: branchfs
-	tests/run.sh pg
+	BFS_BUILD=$(B) tests/run.sh pg
 bench: branchfs
 	scripts/bench.sh
 	scripts/bench-branch.sh

@@ -38,6 +38,9 @@ unit | e2e | pg | all) ;;
 esac
 
 LOGDIR=${BFS_TEST_LOGDIR:-$REPO/build/test-logs}
+# object directory of the build under test (build-address for SANITIZE=address)
+BFS_BUILD=${BFS_BUILD:-build}
+export BFS_E2E_BIN=${BFS_E2E_BIN:-$REPO/$BFS_BUILD/tests/e2e}
 mkdir -p "$LOGDIR"
 ALLOW_SKIP=${BRANCHFS_ALLOW_SKIP:-0}
 FILTER=${BFS_TEST_FILTER:-}
@@ -120,7 +123,7 @@ run_unit() {
 		[ -e "$src" ] || continue
 		layer=$(basename "$(dirname "$src")")
 		name=$(basename "$src" .c)
-		bin=build/tests/$layer/$name
+		bin=$BFS_BUILD/tests/$layer/$name
 		seen[$bin]=1
 		if [ ! -x "$bin" ]; then
 			fail_setup unit "$layer-$name" "$bin not built; run make unit"
@@ -128,7 +131,7 @@ run_unit() {
 		fi
 		run_one unit "$layer-$name" "${BFS_TEST_TIMEOUT:-600}" "$bin"
 	done
-	for bin in build/tests/*/test_*; do
+	for bin in "$BFS_BUILD"/tests/*/test_*; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
 		[ -z "${seen[$bin]:-}" ] || continue
 		layer=$(basename "$(dirname "$bin")")
