@@ -9,7 +9,7 @@ PKGS=(
 	libfuse3-dev fuse3
 	librocksdb-dev libzstd-dev libxxhash-dev libcmocka-dev
 	postgresql-15 postgresql-client-15 postgresql-contrib
-	util-linux procps psmisc e2fsprogs
+	util-linux procps psmisc e2fsprogs perl
 )
 
 missing=()
