@@ -78,7 +78,7 @@ branchfs: $(TOOLS_OBJ) $(B)/libfs.a $(B)/libsnap.a $(B)/libkv.a
 $(B)/tests/kv/%: tests/kv/%.c $(B)/libkv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libkv.a $(LDLIBS_KV) -lcmocka
-$(B)/tests/snap/%: tests/snap/%.c $(B)/libsnap.a $(B)/libkv.a
+$(B)/tests/snap/%: tests/snap/%.c tests/snap/snap_env.h $(B)/libsnap.a $(B)/libkv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libsnap.a $(B)/libkv.a $(LDLIBS_KV) -lcmocka
 $(B)/tests/fs/%: tests/fs/%.c $(B)/libfs.a $(B)/libsnap.a $(B)/libkv.a

@@ -41,6 +41,7 @@
 #include <cmocka.h>
 
 #include "snap/snap.h"
+#include "snap_env.h"
 
 #define BS 8192u
 #define KiB 1024ull
@@ -49,87 +50,15 @@
 #define GID 1000u
 #define ROOT SNAP_ROOT_INO
 
-struct env {
-	char dir[64];
-	char store[96];
-	struct snap *s;
-	struct snap_tree *t; /* main */
-};
-
 static uint64_t g_seed = 0x5eed1234abcdull;
 
 /* ---- store setup -------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-		    struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static int setup(void **state)
 {
-	struct env *e = calloc(1, sizeof(*e));
-
-	if (!e)
-		return -1;
-	strcpy(e->dir, "/tmp/bfs-branch-test.XXXXXX");
-	if (!mkdtemp(e->dir)) {
-		free(e);
-		return -1;
-	}
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	if (snap_store_init(e->store, UID, GID) != 0 ||
-	    snap_open(e->store, 0, &e->s) != 0) {
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	if (snap_tree_get(e->s, SNAP_MAIN_ID, &e->t) != 0) {
-		snap_close(e->s);
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	*state = e;
-	return 0;
+	return env_setup(state, "/tmp/bfs-branch-test.XXXXXX", UID, GID);
 }
 
-static int teardown(void **state)
-{
-	struct env *e = *state;
-
-	snap_tree_put(e->t);
-	snap_close(e->s);
-	rm_rf(e->dir);
-	free(e);
-	return 0;
-}
-
-static void close_store(struct env *e)
-{
-	snap_tree_put(e->t);
-	e->t = NULL;
-	snap_close(e->s);
-	e->s = NULL;
-}
-
-static void open_store(struct env *e)
-{
-	assert_int_equal(snap_open(e->store, 0, &e->s), 0);
-	assert_int_equal(snap_tree_get(e->s, SNAP_MAIN_ID, &e->t), 0);
-}
-
-/* Close and reopen the store (persistence). */
-static void reopen(struct env *e)
-{
-	close_store(e);
-	open_store(e);
-}
 
 /* ---- branches and snapshots by name -------------------------------------- */
 
@@ -682,7 +611,7 @@ static void run_child(struct env *e, const char *op, const char *name)
 	snprintf(a, sizeof(a), "BFS_BRANCH_TEST_CHILD=%s", op);
 	snprintf(b, sizeof(b), "BFS_BRANCH_TEST_STORE=%s", e->store);
 	snprintf(c, sizeof(c), "BFS_BRANCH_TEST_NAME=%s", name);
-	close_store(e);
+	env_close(e);
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -693,7 +622,7 @@ static void run_child(struct env *e, const char *op, const char *name)
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		fail_msg("crash child '%s %s' failed: status %#x", op, name,
 			 status);
-	open_store(e);
+	env_open(e);
 }
 
 /* ---- snap_command ------------------------------------------------------- */
@@ -955,7 +884,7 @@ static void test_versioned_reads(void **state)
 			}
 			prune_gc(e);
 		} else if (pass == 2) {
-			reopen(e);
+			env_reopen(e);
 		}
 	}
 }
@@ -1084,7 +1013,7 @@ static void test_tombstones(void **state)
 	tomb_check(e, &k);
 	prune_gc(e);
 	tomb_check(e, &k);
-	reopen(e);
+	env_reopen(e);
 	tomb_check(e, &k);
 	/* deleting s1 must not resurrect anything in s2 or the heads */
 	assert_int_equal(snap_snapshot_delete(e->s, "s1", false), 0);
@@ -1268,7 +1197,7 @@ static void test_ancestry_50(void **state)
 		snap_tree_put(t);
 		if (pass == 0) {
 			prune_gc(e);
-			reopen(e);
+			env_reopen(e);
 		}
 	}
 	/* delete the rest: main's space is back where it was */
@@ -1423,7 +1352,7 @@ static void test_rename_links_snapshot(void **state)
 	rl_check_all(e, &k);
 	prune_gc(e);
 	rl_check_all(e, &k);
-	reopen(e);
+	env_reopen(e);
 	rl_check_all(e, &k);
 }
 
@@ -1596,7 +1525,7 @@ static void test_truncate_extend_branch(void **state)
 	trunc_check(e, ino);
 	assert_int_equal(snap_snapshot_delete(e->s, "tb-t0", false), 0);
 	prune_gc(e);
-	reopen(e);
+	env_reopen(e);
 	trunc_check(e, ino);
 }
 
@@ -1759,7 +1688,7 @@ static void test_readdir_merge(void **state)
 		if (pass == 0)
 			prune_gc(e);
 		else if (pass == 1)
-			reopen(e);
+			env_reopen(e);
 	}
 	free(lv);
 	free(sn);
@@ -1903,7 +1832,7 @@ static void test_isolation(void **state)
 			if (pass < 2 || i % 2 == 0)
 				assert_int_equal(ck_named(e, sn[i]), ck_s[i]);
 		if (pass == 0) {
-			reopen(e);
+			env_reopen(e);
 		} else if (pass == 1) {
 			for (int i = 1; i < ns; i += 2)
 				assert_int_equal(snap_snapshot_delete(e->s, sn[i],
@@ -1984,7 +1913,7 @@ static void test_postmaster_pid(void **state)
 	snap_tree_put(b);
 
 	prune_gc(e);
-	reopen(e);
+	env_reopen(e);
 	t = e->t;
 	b = T(e, "pb");
 	assert_int_equal(lk(b, pg, "postmaster.pid"), npid);
@@ -2097,7 +2026,7 @@ static void test_names(void **state)
 	snapshot(e, "main", "dup");
 	branch(e, "sdup", NULL);
 
-	reopen(e);
+	env_reopen(e);
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
 		assert_string_equal(info_of(e, good[i]).name, good[i]);
 	assert_true(info_of(e, "dup").is_snapshot);
@@ -2218,7 +2147,7 @@ static void test_lifecycle(void **state)
 	assert_int_equal(st.branches, 3);
 	assert_int_equal(st.snapshots, 0);
 
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(id_of(e, "b1x"), b1);
 	assert_int_equal(id_of(e, "b2"), b2);
 	assert_int_equal(find_id(e, "b1", NULL), 0);
@@ -2339,7 +2268,7 @@ static void test_reset(void **state)
 	assert_int_equal(snap_snapshot_delete(e->s, "rs2", false), 0);
 	prune_gc(e);
 	assert_int_equal(ck_named(e, "rb"), ckms);
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ck_named(e, "rb"), ckms);
 	assert_int_equal(ck_named(e, "ms"), ckms);
 	assert_int_equal(id_of(e, "rb"), nid);
@@ -2486,7 +2415,7 @@ static void test_delete_parent_with_children(void **state)
 	dp_check(e, ck);
 	prune_gc(e);
 	dp_check(e, ck);
-	reopen(e);
+	env_reopen(e);
 	dp_check(e, ck);
 
 	/* a second generation of parents goes too */
@@ -2510,7 +2439,7 @@ static void test_delete_parent_with_children(void **state)
 	prune_gc(e);
 	dp_check(e, ck);
 	assert_int_equal(ck_named(e, "C3"), ck[4]);
-	reopen(e);
+	env_reopen(e);
 	dp_check(e, ck);
 
 	/* when all the descendants are gone, so is the parents' space */
@@ -2532,7 +2461,7 @@ static void test_delete_parent_with_children(void **state)
 	assert_int_equal(st.refs, st0.refs);
 	assert_int_equal(st.blocks, st0.blocks);
 	assert_int_equal(st.stored_bytes, st0.stored_bytes);
-	reopen(e);
+	env_reopen(e);
 	st = stats(e);
 	assert_int_equal(st.blocks, st0.blocks);
 	assert_int_equal(st.stored_bytes, st0.stored_bytes);
@@ -2658,7 +2587,7 @@ static void test_snapshot_delete_keeps_heads(void **state)
 				fail_msg("snapshot %s changed after deleting %s",
 					 sn[i], sn[d]);
 		if (k % 5 == 4)
-			reopen(e);
+			env_reopen(e);
 	}
 	/* the children too: main's head stays */
 	assert_int_equal(snap_branch_delete(e->s, "gc", false), 0);
@@ -2667,7 +2596,7 @@ static void test_snapshot_delete_keeps_heads(void **state)
 	assert_int_equal(snap_branch_delete(e->s, "gb", false), 0);
 	prune_gc(e);
 	assert_int_equal(ck_named(e, "main"), ckh[0]);
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ck_named(e, "main"), ckh[0]);
 }
 
@@ -2956,7 +2885,7 @@ static void test_1000_branches(void **state)
 	assert_int_equal(s1.branches, NBR + 1);
 	assert_int_equal(s1.blocks, s0.blocks + NBR);
 
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(count_list(e, false), NBR + 1);
 	for (int i = 0; i < NBR; i += 111) {
 		char nm[16];
@@ -2991,7 +2920,7 @@ static void test_1000_branches(void **state)
 	assert_int_equal(s1.logical_bytes, s0.logical_bytes);
 	assert_int_equal(s1.gc_pending, 0);
 	assert_int_equal(count_list(e, false), 1);
-	reopen(e);
+	env_reopen(e);
 	s1 = stats(e);
 	assert_int_equal(s1.branches, 1);
 	assert_int_equal(s1.blocks, s0.blocks);
@@ -3092,7 +3021,7 @@ static void test_persistence(void **state)
 		maxid = r.s[i].id > maxid ? r.s[i].id : maxid;
 
 	for (int pass = 0; pass < 3; pass++) {
-		reopen(e);
+		env_reopen(e);
 		rec_check(e, &r);
 		for (size_t i = 0; i < NPN; i++)
 			assert_int_equal(ck_named(e, pnames[i]), ck[i]);
@@ -3130,7 +3059,7 @@ static void test_persistence(void **state)
 	t = T(e, "A");
 	assert_int_equal(lkq(t, ROOT, "a"), 0);
 	snap_tree_put(t);
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ck_named(e, "SA"), ck[1]);
 	assert_int_equal(ck_named(e, "SB"), ck[3]);
 	rec_free(&r);
@@ -3180,7 +3109,7 @@ static void test_crash_branch_delete_reset(void **state)
 	write_random_file(t, ROOT, "x", 1 * MiB, &rs);
 	snap_tree_put(t);
 	run_child(e, "branch-delete", "cb");
-	reopen(e); /* snap_close prunes */
+	env_reopen(e); /* snap_close prunes */
 	assert_int_equal(snap_gc(e->s, 0), 0);
 	st = stats(e);
 	assert_int_equal(st.blocks, s0.blocks);
@@ -3221,7 +3150,7 @@ static void test_crash_snapshot_delete(void **state)
 	run_child(e, "snapshot-delete", "cs");
 	assert_int_equal(find_id(e, "cs", NULL), 0);
 	prune_gc(e);
-	reopen(e); /* and a close/open in between */
+	env_reopen(e); /* and a close/open in between */
 	prune_gc(e);
 	st = stats(e);
 	if (st.blocks != s1.blocks || st.refs != s1.refs)
@@ -3552,7 +3481,7 @@ static void test_atomic_snapshots(void **state)
 	assert_true(R->ns >= 20);
 	/* and they stay that way through prune, gc and a reopen */
 	prune_gc(e);
-	reopen(e);
+	env_reopen(e);
 	atom_verify(e, A, R);
 	free(A);
 	free(R);
@@ -4010,7 +3939,7 @@ static void test_held_branch_after_delete(void **state)
 
 /* ==== main =================================================================== */
 
-#define T_(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define T_(f) cmocka_unit_test_setup_teardown(f, setup, env_teardown)
 
 int main(void)
 {

@@ -29,81 +29,18 @@
 #include <cmocka.h>
 
 #include "snap/snap.h"
+#include "snap_env.h"
 
 #define UID 1000u
 #define GID 1000u
 #define ROOT_UID 1234u
 #define ROOT_GID 5678u
 
-struct env {
-	char dir[64];    /* mkdtemp() directory */
-	char store[96];  /* dir/store */
-	struct snap *s;
-	struct snap_tree *t;
-};
-
-/* ---- helpers ------------------------------------------------------------ */
-
-static int rm_entry(const char *path, const struct stat *st, int flag,
-		    struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static int setup(void **state)
 {
-	struct env *e = calloc(1, sizeof(*e));
-
-	if (!e)
-		return -1;
-	strcpy(e->dir, "/tmp/bfs-snap-test.XXXXXX");
-	if (!mkdtemp(e->dir)) {
-		free(e);
-		return -1;
-	}
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	if (snap_store_init(e->store, ROOT_UID, ROOT_GID) != 0 ||
-	    snap_open(e->store, 0, &e->s) != 0) {
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	if (snap_tree_get(e->s, SNAP_MAIN_ID, &e->t) != 0) {
-		snap_close(e->s);
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	*state = e;
-	return 0;
+	return env_setup(state, "/tmp/bfs-snap-test.XXXXXX", ROOT_UID, ROOT_GID);
 }
 
-static int teardown(void **state)
-{
-	struct env *e = *state;
-
-	snap_tree_put(e->t);
-	snap_close(e->s);
-	rm_rf(e->dir);
-	free(e);
-	return 0;
-}
-
-/* Close and reopen the store (persistence). */
-static void reopen(struct env *e)
-{
-	snap_tree_put(e->t);
-	e->t = NULL;
-	snap_close(e->s);
-	e->s = NULL;
-	assert_int_equal(snap_open(e->store, 0, &e->s), 0);
-	assert_int_equal(snap_tree_get(e->s, SNAP_MAIN_ID, &e->t), 0);
-}
 
 static uint64_t mk(struct env *e, uint64_t dir, const char *name,
 		   uint32_t mode)
@@ -376,7 +313,7 @@ static void test_open_busy(void **state)
 	snap_close(ro);
 
 	/* After close, the store opens again (and was not damaged). */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(lk(e, SNAP_ROOT_INO, "f"), f);
 	assert_int_equal(snap_open(e->store, 0, &s2), -EBUSY);
 }
@@ -566,7 +503,7 @@ static void test_symlink_readlink(void **state)
 	}
 
 	/* Both survive a reopen; unlink of a symlink works. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_readlink(e->t, ln, buf, sizeof(buf)), (int)tl);
 	assert_string_equal(buf, target);
 	memset(bigbuf, 0, 4096);
@@ -627,7 +564,7 @@ static void test_lookup_errors(void **state)
 	}
 
 	/* The 255-byte name survives a reopen. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_lookup(e->t, d, name255, &a), 0);
 }
 
@@ -702,7 +639,7 @@ static void test_getattr_times(void **state)
 
 	/* Times survive a reopen exactly (nanoseconds). */
 	a = ga(e, f);
-	reopen(e);
+	env_reopen(e);
 	b = ga(e, f);
 	assert_int_equal(ts_cmp(&a.atime, &b.atime), 0);
 	assert_int_equal(ts_cmp(&a.mtime, &b.mtime), 0);
@@ -892,7 +829,7 @@ static void test_setattr(void **state)
 
 	/* Everything survives a reopen. */
 	a = ga(e, f);
-	reopen(e);
+	env_reopen(e);
 	out = ga(e, f);
 	assert_memory_equal(&a, &out, sizeof(a));
 	assert_int_equal(ga(e, d).mode, S_IFDIR | 01777);
@@ -969,7 +906,7 @@ static void test_unlink_rmdir(void **state)
 	/* A name can be reused, with a new inode number. */
 	assert_true(mk(e, SNAP_ROOT_INO, "d1", S_IFREG | 0644) != d1);
 	/* The removed dir's former entries do not reappear in a new dir. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ga(e, SNAP_ROOT_INO).nlink, 2);
 	assert_names(e, SNAP_ROOT_INO, "d1");
 }
@@ -1030,7 +967,7 @@ static void test_hardlinks(void **state)
 	assert_memory_equal(buf, "SHARED data", 11);
 	assert_int_equal(snap_unlink(e->t, d, "c"), 0);
 	assert_int_equal(ga(e, f).nlink, 1);
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ga(e, f).nlink, 1);
 	assert_int_equal(lk(e, SNAP_ROOT_INO, "b"), f);
 	memset(buf, 0, sizeof(buf));
@@ -1131,7 +1068,7 @@ static void test_rename_plain(void **state)
 				     SNAP_RENAME_EXCHANGE), -EINVAL);
 	assert_int_equal(lk(e, SNAP_ROOT_INO, "top"), sub);
 
-	reopen(e);
+	env_reopen(e);
 	assert_names(e, SNAP_ROOT_INO, "d1,d2,top");
 	assert_names(e, d2, "g2");
 	assert_names(e, sub, "inner");
@@ -1245,7 +1182,7 @@ static void test_rename_replace(void **state)
 	assert_int_equal(ga(e, ed).nlink, 3);
 	assert_int_equal(ga(e, SNAP_ROOT_INO).nlink, 3);
 
-	reopen(e);
+	env_reopen(e);
 	assert_names(e, SNAP_ROOT_INO, "ed,h,h2");
 	assert_names(e, d, "inner_empty,x");
 	assert_names(e, ed, "ndir,payload");
@@ -1362,7 +1299,7 @@ static void test_rename_noreplace_exchange(void **state)
 		assert_int_equal(lk(e, SNAP_ROOT_INO, "d2"), d2);
 	}
 
-	reopen(e);
+	env_reopen(e);
 	assert_names(e, SNAP_ROOT_INO, "d,d2,f1,g,x");
 	assert_int_equal(ga(e, SNAP_ROOT_INO).nlink, 4);
 	assert_int_equal(ga(e, d2).nlink, 3);
@@ -1457,7 +1394,7 @@ static void test_readdir_basic(void **state)
 	assert_int_equal(snap_readdir(e->t, c, &d, &n), -ENOTDIR);
 	assert_int_equal(snap_readdir(e->t, 999999, &d, &n), -ENOENT);
 
-	reopen(e);
+	env_reopen(e);
 	assert_names(e, SNAP_ROOT_INO, "B,a,b,zz");
 	assert_names(e, b, "ab,emptydir,inside");
 }
@@ -1514,7 +1451,7 @@ static void test_readdir_5000(void **state)
 		else
 			assert_int_equal(snap_unlink(e->t, dir, name), 0);
 	}
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_readdir(e->t, dir, &d, &n), 0);
 	assert_int_equal(n, N - (N + 2) / 3);
 	assert_int_equal(ga(e, dir).size, n);
@@ -1690,7 +1627,7 @@ static void test_xattrs(void **state)
 	assert_int_equal(snap_listxattr(e->t, 999999, buf, sizeof(buf)), -ENOENT);
 
 	/* Persistence. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_getxattr(e->t, f, "user.a", buf, sizeof(buf)), 1);
 	assert_int_equal(snap_getxattr(e->t, f, "user.b", buf, sizeof(buf)), 5);
 	assert_memory_equal(buf, "again", 5);
@@ -1736,7 +1673,7 @@ static void test_persistence(void **state)
 	a = ga(e, f);
 	maxino = ln > f ? ln : f;
 
-	reopen(e);
+	env_reopen(e);
 	b = ga(e, f);
 	assert_memory_equal(&a, &b, sizeof(a));
 	assert_int_equal(b.mode, S_IFREG | 0751);
@@ -1763,45 +1700,45 @@ static void test_persistence(void **state)
 		snprintf(name, sizeof(name), "new%d", i);
 		assert_true(mk(e, SNAP_ROOT_INO, name, S_IFREG | 0644) > maxino);
 	}
-	reopen(e);
+	env_reopen(e);
 	assert_true(mk(e, SNAP_ROOT_INO, "newer", S_IFREG | 0644) > maxino + 5);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_store_fresh, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_fresh, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_store_init_nonempty, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_open_not_store, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_open_busy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_mknod_types, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_open_busy, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_mknod_types, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_symlink_readlink, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_lookup_errors, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_getattr_times, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_setgid_dir, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_setattr, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_setgid_dir, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_setattr, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_unlink_rmdir, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_hardlinks, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_hardlinks, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_rename_plain, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_rename_replace, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_rename_noreplace_exchange,
-						setup, teardown),
+						setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_rename_hardlink_noop, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readdir_basic, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readdir_5000, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_xattrs, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_xattrs, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_persistence, setup, env_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include "snap/snap.h"
+#include "snap_env.h"
 
 #define BS 8192u
 #define KiB 1024ull
@@ -38,74 +39,11 @@
 #define UID 1000u
 #define GID 1000u
 
-struct env {
-	char dir[64];
-	char store[96];
-	struct snap *s;
-	struct snap_tree *t;
-};
-
-/* ---- helpers ------------------------------------------------------------ */
-
-static int rm_entry(const char *path, const struct stat *st, int flag,
-		    struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static int setup(void **state)
 {
-	struct env *e = calloc(1, sizeof(*e));
-
-	if (!e)
-		return -1;
-	strcpy(e->dir, "/tmp/bfs-snap-data.XXXXXX");
-	if (!mkdtemp(e->dir)) {
-		free(e);
-		return -1;
-	}
-	snprintf(e->store, sizeof(e->store), "%s/store", e->dir);
-	if (snap_store_init(e->store, UID, GID) != 0 ||
-	    snap_open(e->store, 0, &e->s) != 0) {
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	if (snap_tree_get(e->s, SNAP_MAIN_ID, &e->t) != 0) {
-		snap_close(e->s);
-		rm_rf(e->dir);
-		free(e);
-		return -1;
-	}
-	*state = e;
-	return 0;
+	return env_setup(state, "/tmp/bfs-snap-data.XXXXXX", UID, GID);
 }
 
-static int teardown(void **state)
-{
-	struct env *e = *state;
-
-	snap_tree_put(e->t);
-	snap_close(e->s);
-	rm_rf(e->dir);
-	free(e);
-	return 0;
-}
-
-static void reopen(struct env *e)
-{
-	snap_tree_put(e->t);
-	e->t = NULL;
-	snap_close(e->s);
-	e->s = NULL;
-	assert_int_equal(snap_open(e->store, 0, &e->s), 0);
-	assert_int_equal(snap_tree_get(e->s, SNAP_MAIN_ID, &e->t), 0);
-}
 
 static uint64_t mkf(struct env *e, const char *name)
 {
@@ -259,7 +197,7 @@ static void test_rw_unaligned(void **state)
 	assert_int_equal(ga(e, f).size, 40960);
 
 	/* Persistence. */
-	reopen(e);
+	env_reopen(e);
 	memset(buf, 0, sizeof(buf));
 	assert_int_equal(snap_read(e->t, f, buf, sizeof(buf), 0), 40960);
 	assert_memory_equal(buf, model, 40960);
@@ -477,7 +415,7 @@ static void test_truncate_down_up(void **state)
 				 -EFBIG);
 		assert_int_equal(ga(e, f).size, 12345);
 	}
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ga(e, f).size, 12345);
 	check_zero(e, f, 0, 12345);
 }
@@ -583,7 +521,7 @@ static void test_sparse_large(void **state)
 	check_pat(e, f, t1 + 50, 100, 13);
 	assert_int_equal(stats(e).blocks, 6);
 
-	reopen(e);
+	env_reopen(e);
 	a = ga(e, f);
 	assert_int_equal(a.size, t40 + 8193);
 	assert_int_equal(a.blocks, 6 * 16);
@@ -761,7 +699,7 @@ static void test_punch_hole(void **state)
 	wr(e, f, model, size, 0);
 	punch(e, f, model, size, 1, size);
 	assert_int_equal(ga(e, f).blocks, 16);
-	reopen(e);
+	env_reopen(e);
 	check_model(e, f, model, size);
 	free(model);
 }
@@ -880,7 +818,7 @@ static void test_copy_range(void **state)
 
 	/* The copies survive the source's removal and a reopen. */
 	assert_int_equal(snap_unlink(e->t, SNAP_ROOT_INO, "src"), 0);
-	reopen(e);
+	env_reopen(e);
 	check_pat(e, d1, 0, ssize, 31);
 	check_pat_at(e, d2, 7 * BS, 5 * BS, 31, 2 * BS);
 	check_pat_at(e, d3, BS + 100, 3 * BS, 31, 100);
@@ -1032,7 +970,7 @@ static void test_unlink_open(void **state)
 	check_pat(e, h, 0, BS, 44);
 
 	/* Nothing is left as an orphan for the next open. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(ga(e, h).nlink, 1);
 	assert_int_equal(snap_getattr(e->t, f, &a), -ENOENT);
 	assert_int_equal(stats(e).blocks, st0.blocks + 1);
@@ -1059,7 +997,7 @@ static void test_orphan_reopen(void **state)
 	assert_int_equal(ga(e, f).nlink, 0);
 	assert_int_equal(stats(e).blocks, 4);
 	/* Close the store without releasing (as a crash would). */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_open_count(e->s, 0), 0);
 	assert_int_equal(snap_getattr(e->t, f, &a), -ENOENT);
 	assert_int_equal(snap_read(e->t, f, &a, 1, 0), -ENOENT);
@@ -1074,7 +1012,7 @@ static void test_orphan_reopen(void **state)
 	check_pat(e, k, 0, BS, 50);
 	assert_int_equal(ga(e, g).nlink, 1);
 	/* The orphan record is gone too: a second reopen is clean. */
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(stats(e).blocks, 2);
 	check_pat(e, g, 0, BS, 52);
 }
@@ -1118,7 +1056,7 @@ static void test_block_freeing(void **state)
 	assert_int_equal(st.gc_pending, 0);
 	assert_int_equal(st.logical_bytes, 0);
 	assert_int_equal(st.stored_bytes, 0);
-	reopen(e);
+	env_reopen(e);
 	st = stats(e);
 	assert_int_equal(st.blocks, 0);
 	assert_int_equal(st.gc_pending, 0);
@@ -1140,7 +1078,7 @@ static void test_persist_data(void **state)
 	wr_pat(e, f, 3 * GiB + 17, 9000, 72);
 	assert_int_equal(snap_sync(e->s), 0);
 	a = ga(e, f);
-	reopen(e);
+	env_reopen(e);
 	b = ga(e, f);
 	assert_memory_equal(&a, &b, sizeof(a));
 	check_pat(e, f, 0, 100000, 70);
@@ -1353,7 +1291,7 @@ static void run_model(struct env *e, uint64_t seed, int steps)
 		}
 		model_verify(e, m, MF_N, step);
 		if (step % 97 == 96) {
-			reopen(e);
+			env_reopen(e);
 			model_verify(e, m, MF_N, step);
 		}
 	}
@@ -1526,7 +1464,7 @@ static void test_concurrency(void **state)
 	assert_int_equal(ga(e, SNAP_ROOT_INO).size, n);
 	free(d);
 
-	reopen(e);
+	env_reopen(e);
 	check_pat(e, shared, 0, SHARED_CHUNK * SHARED_CHUNKS, 99);
 	for (int i = 0; i < NTHREADS; i++)
 		check_pat(e, w[i].own, 0, OWN_SIZE, 100 + (uint32_t)i);
@@ -1861,7 +1799,7 @@ static void test_gc_requeue(void **state)
 		check_pat(e, c, 0, 2 * BS, 80);
 		assert_int_equal(stats(e).blocks, 2);
 	}
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(stats(e).blocks, 2);
 	assert_int_equal(stats(e).gc_pending, 0);
 }
@@ -1882,7 +1820,7 @@ static void test_orphan_written_after_unlink(void **state)
 	assert_int_equal(snap_setxattr(e->t, f, "user.x", "y", 1, 0), 0);
 	assert_int_equal(ga(e, f).nlink, 0);
 	assert_int_equal(stats(e).blocks, 4);
-	reopen(e);
+	env_reopen(e);
 	assert_int_equal(snap_getattr(e->t, f, &in), -ENOENT);
 	assert_int_equal(snap_gc(e->s, 0), 0);
 	assert_int_equal(stats(e).blocks, 0);
@@ -1915,41 +1853,41 @@ static void test_statfs(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_rw_unaligned, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_read_eof, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_zero_holes, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_dedup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rw_unaligned, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_read_eof, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_zero_holes, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_dedup, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_truncate_down_up, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_truncate_mid_block, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_sparse_large, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_fallocate, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_punch_hole, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_copy_range, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_lseek, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unlink_open, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_fallocate, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_punch_hole, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_copy_range, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_lseek, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_unlink_open, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_orphan_reopen, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_block_freeing, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_persist_data, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_random_model, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_concurrency, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_rename, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_gc_race_read, setup,
-						teardown),
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_gc_race_copy, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_gc_requeue, setup, teardown),
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_gc_requeue, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_orphan_written_after_unlink,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_statfs, setup, teardown),
+						setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_statfs, setup, env_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
