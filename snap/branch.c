@@ -118,6 +118,24 @@ static int table_add(struct snap *s, struct snap_branch *br)
 	return 0;
 }
 
+/*
+ * Finish creating record @nb, whose commit returned @ret: on success it
+ * joins the table (its tree becomes visible) and *id (may be NULL) gets
+ * its id; on failure it is freed.  tree_lock (W) held.
+ */
+static int adopt(struct snap *s, struct snap_branch *nb, int ret, uint32_t *id)
+{
+	if (ret == 0)
+		ret = table_add(s, nb);
+	if (ret < 0) {
+		branch_free(nb);
+		return ret;
+	}
+	if (id)
+		*id = nb->id;
+	return 0;
+}
+
 static void put_record(struct kv_batch *b, const struct snap_branch *br)
 {
 	uint8_t k[5], v[BFS_REC_HDR_SIZE + SNAP_NAME_MAX + 12];
@@ -250,14 +268,7 @@ int snap_snapshot_create(struct snap *s, const char *branch, const char *name,
 	if (!nb)
 		goto out;
 	ret = freeze_into(s, src, nb);
-	if (ret == 0)
-		ret = table_add(s, nb);
-	if (ret < 0) {
-		branch_free(nb);
-		goto out;
-	}
-	if (id)
-		*id = nb->id;
+	ret = adopt(s, nb, ret, id);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
@@ -298,14 +309,7 @@ int snap_branch_create(struct snap *s, const char *name, const char *from,
 	} else {
 		ret = freeze_into(s, src, nb);
 	}
-	if (ret == 0)
-		ret = table_add(s, nb);
-	if (ret < 0) {
-		branch_free(nb);
-		goto out;
-	}
-	if (id)
-		*id = nb->id;
+	ret = adopt(s, nb, ret, id);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
@@ -455,14 +459,7 @@ int snap_branch_reset(struct snap *s, const char *name, const char *to,
 	put_next_id(b, s->next_id);
 	ret = mark_deleted(s, br, b);
 	kv_batch_free(b);
-	if (ret == 0)
-		ret = table_add(s, nb);
-	if (ret < 0) {
-		branch_free(nb);
-		goto out;
-	}
-	if (newid)
-		*newid = nb->id;
+	ret = adopt(s, nb, ret, newid);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
