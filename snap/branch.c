@@ -561,16 +561,9 @@ static int readers_of(struct snap *s, const struct snap_branch *br,
 	for (size_t i = 0; i < s->nbranches; i++) {
 		const struct snap_branch *c = s->branches[i];
 
-		/* deleted snapshots read nothing; deleted branches still do
-		 * until the pruner removes them */
-		if (c->parent_id == br->id && !c->gone &&
-		    !(c->is_snapshot && c->deleted))
+		if (reads_via_parent(c, br->id))
 			r[k++] = c->parent_epoch;
-		/* a branch reset --to elsewhere may be reset back to where it
-		 * was made: keep that instant readable */
-		if (c->origin_id == br->id && !c->gone && !c->deleted &&
-		    !c->is_snapshot && (c->origin_id != c->parent_id ||
-					c->origin_epoch != c->parent_epoch))
+		if (reads_via_origin(c, br->id))
 			r[k++] = c->origin_epoch;
 	}
 	qsort(r, k, sizeof(*r), cmp_u64);

@@ -104,10 +104,7 @@ static int ent_index(const struct snap_du_ent *ents, size_t n, uint32_t id)
 static bool has_dependents(struct snap *s, uint32_t id)
 {
 	for (size_t i = 0; i < s->nbranches; i++) {
-		const struct snap_branch *c = s->branches[i];
-
-		if (c->parent_id == id && !c->gone &&
-		    !(c->is_snapshot && c->deleted))
+		if (reads_via_parent(s->branches[i], id))
 			return true;
 	}
 	return false;
@@ -130,8 +127,7 @@ static int readers(struct snap *s, const struct snap_branch *br,
 		const struct snap_branch *c = s->branches[i];
 		int32_t o;
 
-		if (c->parent_id != br->id || c->gone ||
-		    (c->is_snapshot && c->deleted))
+		if (!reads_via_parent(c, br->id))
 			continue;
 		if (c->deleted)
 			o = has_dependents(s, c->id) ? OWNER_SHARED : OWNER_PENDING;
@@ -141,15 +137,10 @@ static int readers(struct snap *s, const struct snap_branch *br,
 			o = ent_index(ents, nents, c->id);
 		r[k++] = (struct rdr){ c->parent_epoch, o };
 	}
-	for (size_t i = 0; i < s->nbranches; i++) {
-		const struct snap_branch *c = s->branches[i];
-
-		/* origins of branches reset elsewhere (see readers_of) */
-		if (c->origin_id == br->id && !c->gone && !c->deleted &&
-		    !c->is_snapshot && (c->origin_id != c->parent_id ||
-					c->origin_epoch != c->parent_epoch))
-			r[k++] = (struct rdr){ c->origin_epoch, OWNER_SHARED };
-	}
+	for (size_t i = 0; i < s->nbranches; i++)
+		if (reads_via_origin(s->branches[i], br->id))
+			r[k++] = (struct rdr){ s->branches[i]->origin_epoch,
+					       OWNER_SHARED };
 	qsort(r, k, sizeof(*r), rdr_cmp);
 	*out = r;
 	*n = k;

@@ -209,6 +209,26 @@ int bmap_remove(struct op *op, struct kv_batch *b, struct snap_inode *in,
 int bmap_zero_tail(struct op *op, struct kv_batch *b, struct snap_inode *in,
 		   uint64_t size);
 int xattr_purge(struct op *op, struct kv_batch *b, uint64_t ino);
+/*
+ * The readers of a branch (see "Readers" in kv/format.h), as the pruner
+ * and du count them.  Record @c reads branch @id at c->parent_epoch while
+ * it is not gone and is not a deleted snapshot (a deleted branch reads on
+ * until the pruner removes it) ...
+ */
+static inline bool reads_via_parent(const struct snap_branch *c, uint32_t id)
+{
+	return c->parent_id == id && !c->gone && !(c->is_snapshot && c->deleted);
+}
+
+/* ... and a live branch reset elsewhere also reads, at c->origin_epoch,
+ * the place it was made from: a plain reset may go back there. */
+static inline bool reads_via_origin(const struct snap_branch *c, uint32_t id)
+{
+	return c->origin_id == id && !c->gone && !c->deleted &&
+	       !c->is_snapshot && (c->origin_id != c->parent_id ||
+				   c->origin_epoch != c->parent_epoch);
+}
+
 /* Branch table (store.c); callers hold tree_lock as noted. */
 size_t branch_encode(const struct snap_branch *br, uint8_t *v);
 struct snap_branch *branch_new(void);
