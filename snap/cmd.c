@@ -251,6 +251,20 @@ static int pgcheck(struct snap *s, const char *name, struct out *o)
 	return 0;
 }
 
+/*
+ * Reply of a successful snapshot-create / branch-create: the new id, the
+ * time it took, then "warning=" lines for PGDATA symlinks that leave the
+ * source branch @src (nothing when @src is a snapshot).  The check runs
+ * after the creation, so it is not in elapsed_us.
+ */
+static void created(struct snap *s, struct out *o, uint32_t id, uint64_t t0,
+		    const char *src)
+{
+	outf(o, "id %u\nelapsed_us %llu\n", id,
+	     (unsigned long long)(mono_us() - t0));
+	pgcheck(s, src, o);
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 /* @name with control characters and '\\' shown as \xNN (one line). */
@@ -322,8 +336,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		else if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[2]);
 		else
-			outf(&o, "id %u\nelapsed_us %llu\n", id,
-			     (unsigned long long)(mono_us() - t0));
+			created(s, &o, id, t0, argv[1]);
 	} else if (!strcmp(cmd, "snapshot-list") && argc == 1) {
 		ret = list(s, true, &o);
 	} else if (!strcmp(cmd, "snapshot-delete") && argc >= 2) {
@@ -339,8 +352,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		else if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 		else
-			outf(&o, "id %u\nelapsed_us %llu\n", id,
-			     (unsigned long long)(mono_us() - t0));
+			created(s, &o, id, t0, argc == 3 ? argv[2] : "main");
 	} else if (!strcmp(cmd, "branch-list") && argc == 1) {
 		ret = list(s, false, &o);
 	} else if (!strcmp(cmd, "branch-delete") && argc >= 2) {

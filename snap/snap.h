@@ -214,7 +214,8 @@ int snap_du(struct snap *s, bool want_shared, struct snap_du_ent **out,
  * snapshot-delete NAME [--force], branch-create NAME [FROM], branch-list,
  * branch-delete NAME [--force], branch-reset NAME [SNAPSHOT] [--force],
  * branch-rename OLD NEW, du, gc, pgcheck BRANCH.  *reply is a malloc()ed
- * text (data lines, or an error message when the return is -errno).
+ * text (data lines, or an error message when the return is -errno).  The
+ * create requests also carry pgcheck's "warning=" lines for the source.
  */
 int snap_command(struct snap *s, int argc, char **argv, char **reply);
 

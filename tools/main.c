@@ -750,32 +750,17 @@ static int run_checkpoint(const char *url)
 	return 0;
 }
 
-/* Warn about pg_wal / pg_tblspc symlinks that leave branch @branch. */
-static void warn_pg_links(const char *store, const char *branch)
+/* Print the "warning=" lines of a reply on stderr. */
+static void print_warnings(const char *reply)
 {
-	const char *w[] = { "pgcheck", branch };
-	char *reply = NULL;
+	for (const char *p = reply; p && *p;) {
+		const char *eol = strchr(p, '\n');
+		int len = eol ? (int)(eol - p) : (int)strlen(p);
 
-	if (ctl_call(store, 2, w, &reply) == -ENOTCONN) {
-		struct snap *s;
-
-		free(reply);
-		reply = NULL;
-		if (snap_open(store, 0, &s) < 0)
-			return;
-		snap_command(s, 2, (char **)w, &reply);
-		snap_close(s);
-	}
-	for (char *p = reply; p && *p;) {
-		char *eol = strchr(p, '\n');
-
-		if (eol)
-			*eol = 0;
 		if (!strncmp(p, "warning=", 8))
-			fprintf(stderr, "branchfs: warning: %s\n", p + 8);
+			fprintf(stderr, "branchfs: warning: %.*s\n", len - 8, p + 8);
 		p = eol ? eol + 1 : NULL;
 	}
-	free(reply);
 }
 
 static int print_created(const char *what, const char *name, const char *reply,
@@ -784,6 +769,8 @@ static int print_created(const char *what, const char *name, const char *reply,
 	char v[64];
 	const char *us = ctl_field(reply, "elapsed_us", v, sizeof(v));
 	double inner = us ? atof(us) / 1000.0 : 0;
+
+	print_warnings(reply);
 
 	if (json)
 		printf("{\"%s\": \"%s\", \"ms\": %.3f, \"store_ms\": %.3f}\n",
@@ -816,7 +803,6 @@ static int cmd_snapshot(int argc, char **argv)
 
 		if (a.checkpoint && run_checkpoint(a.checkpoint) < 0)
 			return 1;
-		warn_pg_links(a.store, a.pos[0]);
 		t0 = now_ms();
 		if (request(a.store, 3, w, &reply) == 0)
 			ret = print_created("snapshot", a.pos[1], reply, a.json,
@@ -855,7 +841,6 @@ static int cmd_branch(int argc, char **argv)
 
 		if (a.checkpoint && run_checkpoint(a.checkpoint) < 0)
 			return 1;
-		warn_pg_links(a.store, a.from ? a.from : "main");
 		t0 = now_ms();
 		if (request(a.store, 3, w, &reply) == 0)
 			ret = print_created("branch", a.pos[0], reply, a.json,
