@@ -90,6 +90,46 @@ static void bmap_key_bounds(uint8_t *lo, uint8_t *hi, uint32_t b, uint64_t ino,
  * The visible block-map entries of @ino for blocks [first, last), sorted by
  * block, one per block (holes without any version are absent).
  */
+/*
+ * Fast path of a one-block write: the exact key (level 0, op epoch), which
+ * shadows every older version and every ancestor.  Whether an older version
+ * exists is not known here, so the entry says `below`: the conservative
+ * answer (a hole written over it becomes a tombstone instead of a delete,
+ * which is always correct).  Returns 1 found (*out holds it), 0 not there,
+ * -errno.  The caller holds the inode's stripe lock.
+ */
+static int bmap_exact(struct op *op, uint64_t ino, uint64_t blk,
+		      struct bvec *out)
+{
+	uint8_t obj[16], k[SNAP_KEY_MAX];
+	struct bent be = { 0 };
+	void *v = NULL;
+	size_t kl, vl;
+	int ret;
+
+	bfs_put_u64(obj, ino);
+	bfs_put_u64(obj + 8, blk);
+	kl = mkkey(k, BFS_PFX_BMAP, op_branch(op), obj, 16, op->e0);
+	ret = kv_get(op->kv, KV_CF_META, k, kl, &v, &vl);
+	if (ret == -ENOENT)
+		return 0;
+	if (ret < 0)
+		return ret;
+	be.blk = blk;
+	be.level = 0;
+	be.epoch = op->e0;
+	be.below = true;
+	be.live = vl == BFS_HASH_SIZE;
+	if (be.live)
+		memcpy(be.hash, v, BFS_HASH_SIZE);
+	else if (vl != 0)
+		kv_log("block map of inode %llu block %llu: bad value",
+		       (unsigned long long)ino, (unsigned long long)blk);
+	free(v);
+	ret = bvec_push(out, &be);
+	return ret < 0 ? ret : 1;
+}
+
 static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		     uint64_t last, struct bvec *out)
 {
@@ -97,6 +137,11 @@ static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 	int ret = 0;
 
 	out->n = 0;
+	if (op->write && last == first + 1) {
+		ret = bmap_exact(op, ino, first, out);
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+	}
 	for (int l = 0; l < op->n && ret == 0; l++) {
 		uint8_t lo[24], hi[24];
 		size_t ll, hl;

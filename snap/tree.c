@@ -100,11 +100,47 @@ out:
 	return ret;
 }
 
+/*
+ * Fast path of a write op: the exact key (level 0, op epoch).  Objects a
+ * write touches were usually written earlier in the same epoch, and a point
+ * read is far cheaper than creating an iterator.  The newest version <= e0
+ * at level 0, if the key at e0 exists, is that key.  The caller holds the
+ * object's stripe lock, so no other op changes it between this read and the
+ * caller's commit.  Returns 1 found, 0 not there (use the iterator), -errno.
+ */
+static int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
+			struct vres *r)
+{
+	uint8_t k[SNAP_KEY_MAX];
+	size_t kl = mkkey(k, pfx, op_branch(op), obj, olen, op->e0);
+	int ret;
+
+	ret = kv_get(op->kv, KV_CF_META, k, kl, &r->val, &r->vlen);
+	if (ret == -ENOENT)
+		return 0;
+	if (ret < 0)
+		return ret;
+	r->level = 0;
+	r->epoch = op->e0;
+	r->live = r->vlen > 0;
+	if (!r->live) { /* kv_get allocates even for an empty value */
+		free(r->val);
+		r->val = NULL;
+	}
+	return 1;
+}
+
 int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 	 uint64_t maxe, struct vres *r)
 {
 	memset(r, 0, sizeof(*r));
 	r->level = -1;
+	if (op->write && from == 0 && (!maxe || maxe == op->e0)) {
+		int ret = level0_exact(op, pfx, obj, olen, r);
+
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+	}
 	for (int l = from; l < op->n; l++) {
 		uint64_t e = (l == from && maxe) ? maxe : op_epoch(op, l);
 		int ret;
