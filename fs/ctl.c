@@ -102,6 +102,31 @@ static void invalidate(struct fs *fs, char **argv)
 						 strlen(argv[1]));
 }
 
+/*
+ * With the kernel writeback cache, write(2)s that returned may still sit in
+ * the page cache.  Before a command takes a snapshot (snapshot create, and
+ * branch create, which snapshots its source), push them to the store with
+ * syncfs(2) on the mount: the snapshot then holds every write that returned
+ * before the command began, and writes racing with it as a power cut would
+ * leave them.  syncfs goes through the FUSE threads, not this one, and no
+ * lock is held here.  A failure is logged: the snapshot is still an image
+ * that was on the store at one instant.
+ */
+static void wb_flush(struct fs *fs, const char *cmd)
+{
+	int fd;
+
+	if (!fs->writeback_on || !fs->mountpoint ||
+	    (strcmp(cmd, "snapshot-create") && strcmp(cmd, "branch-create")))
+		return;
+	fd = open(fs->mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || syncfs(fd) < 0)
+		fs_log("flushing the page cache of %s before %s: %s",
+		       fs->mountpoint, cmd, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 /* Run one request; returns the status to send. */
 static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 {
@@ -113,7 +138,10 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 		return do_stats(fs, r);
 	{
 		char *text = NULL;
-		int ret = snap_command(fs->s, argc, argv, &text);
+		int ret;
+
+		wb_flush(fs, argv[0]);
+		ret = snap_command(fs->s, argc, argv, &text);
 
 		if (text)
 			rprintf(r, "%s", text);

@@ -176,6 +176,21 @@ static void attr_changed(void *arg, uint32_t tree, uint64_t ino)
 		fuse_lowlevel_notify_inval_inode(fs->se, node_of(tree, ino), -1, 0);
 }
 
+/*
+ * With the writeback cache the kernel reads pages of files opened write-only
+ * (to fill partial pages) and appends itself at its own idea of the size,
+ * so every handle is read-write here and O_APPEND is the kernel's business.
+ * Permission checks were made on the caller's flags before this point.
+ */
+static void wb_open_flags(struct fs *fs, struct fuse_file_info *fi)
+{
+	if (!fs->writeback_on)
+		return;
+	if ((fi->flags & O_ACCMODE) == O_WRONLY)
+		fi->flags = (fi->flags & ~O_ACCMODE) | O_RDWR;
+	fi->flags &= ~O_APPEND;
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct fs *fs = userdata;
@@ -184,6 +199,14 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * make the kernel drop cached pages on the next getattr. */
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
 	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+	if (fs->writeback) {
+		if (conn->capable & FUSE_CAP_WRITEBACK_CACHE) {
+			conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+			fs->writeback_on = true;
+		} else {
+			fs_log("the kernel offers no writeback cache: writing through");
+		}
+	}
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
@@ -321,6 +344,22 @@ static void op_setattr(fuse_req_t req, fuse_ino_t node, struct stat *attr,
 		ret = snap_setattr(t, node_ino(node), &in, set, &out);
 		snap_tree_put(t);
 	}
+	if (ret == -ENOENT && fs->writeback_on &&
+	    !(set & ~(SNAP_SET_MTIME | SNAP_SET_CTIME | SNAP_SET_ATIME))) {
+		/*
+		 * With the writeback cache the kernel writes a regular file's
+		 * cached times back when it evicts the inode, which for an
+		 * unlinked file is after we deleted it.  Nothing is left to
+		 * update; failing would record a writeback error that a later
+		 * syncfs(2) of the whole mount reports.  The kernel discards
+		 * this reply.
+		 */
+		memset(&st, 0, sizeof(st));
+		st.st_ino = node;
+		st.st_mode = S_IFREG;
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
 	if (ret < 0) {
 		reply_err(req, ret);
 		return;
@@ -359,6 +398,7 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (fi) {
 		struct fuse_entry_param e;
 
+		wb_open_flags(fs, fi);
 		ret = fh_new(fs, t, a.ino, fi->flags, &fi->fh);
 		if (ret < 0) {
 			snap_tree_put(t);
@@ -521,6 +561,7 @@ static void op_open(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 		reply_err(req, -EROFS);
 		return;
 	}
+	wb_open_flags(fs, fi);
 	ret = snap_getattr(t, node_ino(node), &a);
 	if (ret == 0 && (fi->flags & O_TRUNC) && S_ISREG(a.mode) && a.size) {
 		struct snap_attr in = { .size = 0 };
@@ -588,10 +629,16 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf,
 			ret = r;
 	}
 	fh_put(fs, fh);
-	if (ret < 0)
+	if (ret < 0) {
 		reply_err(req, (int)ret);
-	else
-		fuse_reply_write(req, (size_t)ret);
+		return;
+	}
+	/* Write-back WRITEs change st_blocks behind the kernel's cached
+	 * attributes (which it does not drop for them as it does for
+	 * write-through ones); offset -1: attributes only, no page locks. */
+	if (fs->writeback_on && fs->se)
+		fuse_lowlevel_notify_inval_inode(fs->se, node, -1, 0);
+	fuse_reply_write(req, (size_t)ret);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
@@ -957,6 +1004,14 @@ static void op_lseek(fuse_req_t req, fuse_ino_t node, off_t off, int whence,
 		reply_err(req, -EBADF);
 		return;
 	}
+	if (fs->writeback_on) {
+		/* Dirty pages in the kernel are data we cannot see; ENOSYS
+		 * makes the kernel answer SEEK_DATA/SEEK_HOLE itself (the
+		 * whole file is data), which is correct if less sparse. */
+		fh_put(fs, fh);
+		reply_err(req, -ENOSYS);
+		return;
+	}
 	if (off < 0)
 		ret = -ENXIO;
 	else if (whence == SEEK_DATA || whence == SEEK_HOLE)
@@ -1032,6 +1087,8 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 
 	memset(&fs, 0, sizeof(fs));
 	fs.s = s;
+	fs.writeback = o->writeback;
+	fs.mountpoint = o->mountpoint;
 	fs.root_uid = getuid();
 	fs.root_gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &fs.start);

@@ -20,6 +20,11 @@ struct fs_opts {
 	const char *options;    /* extra -o options, may be NULL */
 	bool foreground;
 	bool debug;
+	/* Kernel writeback cache: write(2) lands in the page cache and reaches
+	 * the store at writeback, close, fsync or a snapshot (which flushes the
+	 * mount first).  Snapshots are then crash-consistent like a power cut
+	 * instead of containing every write(2) that returned. */
+	bool writeback;
 	int ready_fd;           /* written once the mount is live, or -1 */
 };
 

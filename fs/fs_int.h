@@ -48,6 +48,9 @@ struct fs {
 	struct fuse_session *se;
 	uint32_t root_uid, root_gid;
 	struct timespec start;
+	bool writeback;                     /* asked for (fs_opts) */
+	bool writeback_on;                  /* and granted by the kernel */
+	const char *mountpoint;
 
 	pthread_mutex_t fh_lock;
 	uint64_t next_fh;                   /* protected by fh_lock */

@@ -146,7 +146,8 @@ pgl_init() {
 pgl_mount() {
 	local store=$1 mnt=$2
 	mkdir -p "$mnt"
-	"$BRANCHFS" mount "$store" "$mnt" || return 1
+	# shellcheck disable=SC2086 # BFS_MOUNT_OPTS: extra words, e.g. --writeback
+	"$BRANCHFS" mount "$store" "$mnt" ${BFS_MOUNT_OPTS:-} || return 1
 	PGL_MOUNTS+=("$mnt")
 	[ -n "${PGL_WITH_BFS:-}" ] && BFS_MNT_STORE[$mnt]=$store
 	[ -d "$mnt/main" ] || { pgl_log "mount of $store on $mnt: no $mnt/main"; return 1; }

@@ -157,6 +157,8 @@ static int cmd_mount(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--foreground") || !strcmp(argv[i], "-f")) {
 			o.foreground = true;
+		} else if (!strcmp(argv[i], "--writeback")) {
+			o.writeback = true;
 		} else if (!strcmp(argv[i], "--debug")) {
 			o.debug = o.foreground = true;
 		} else if (!strcmp(argv[i], "-o") && i + 1 < argc) {

@@ -136,7 +136,9 @@ bfs_mount() {
 	local store=$1 mnt=$2
 	shift 2
 	mkdir -p -- "$mnt"
-	"$BRANCHFS" mount "$store" "$mnt" "$@" || bfs_fail "branchfs mount $store $mnt $* failed"
+	# shellcheck disable=SC2086 # BFS_MOUNT_OPTS: extra words, e.g. --writeback
+	"$BRANCHFS" mount "$store" "$mnt" ${BFS_MOUNT_OPTS:-} "$@" ||
+		bfs_fail "branchfs mount $store $mnt ${BFS_MOUNT_OPTS:-} $* failed"
 	BFS_MNT_STORE[$mnt]=$store
 	bfs_is_mounted "$mnt" || bfs_fail "mount returned 0 but $mnt is not in /proc/self/mounts"
 	[ -d "$mnt/main" ] || bfs_fail "mount returned 0 but $mnt/main is not a directory"

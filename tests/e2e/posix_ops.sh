@@ -19,6 +19,7 @@ fi
 [ ! -e "$MNT/not-a-branch" ] || bfs_fail "a plain file appeared in the mount root"
 
 bfs_step "posix_ops on $D"
+case " ${BFS_MOUNT_OPTS:-} " in *" --writeback "*) export BFS_WRITEBACK=1 ;; esac
 BFS_EXPECT_FUSE=1 "$PROG" "$D" || bfs_fail "posix_ops reported failures"
 
 if command -v setpriv >/dev/null && id nobody >/dev/null 2>&1; then
