@@ -1402,9 +1402,13 @@ static void defer_flush(struct ck *c, const struct ctree *t, struct itab *it,
 {
 	for (size_t i = 0; i < l->n; i++) {
 		struct defer *d = &l->d[i];
+		struct kindcount *k = kind_slot(c, d->kind);
+		bool listed = !k || k->n < LIST_MAX;
 		char *p = NULL;
 
-		if (d->name) {
+		if (!listed) {
+			/* counted, not listed: spare the path lookups */
+		} else if (d->name) {
 			char *dp = path_of(c, t, it, d->dir);
 
 			if (dp && asprintf(&p, "%s/%s", strcmp(dp, "/") ? dp : "",
@@ -1414,8 +1418,8 @@ static void defer_flush(struct ck *c, const struct ctree *t, struct itab *it,
 		} else {
 			p = path_of(c, t, it, d->ino);
 		}
-		problem(c, d->kind, t->name, p ? p : "?", d->repaired, "%s",
-			d->detail ? d->detail : "");
+		problem(c, d->kind, t->name, listed ? (p ? p : "?") : NULL,
+			d->repaired, "%s", d->detail ? d->detail : "");
 		free(p);
 		free(d->name);
 		free(d->detail);
@@ -1523,6 +1527,15 @@ static int tree_dirents(struct ck *c, const struct ctree *t, struct itab *it,
 		dir = bfs_get_u64(V.obj);
 		name = (const char *)V.obj + 8;
 		nl = V.olen - 9;
+		d = ifind(it, dir);
+		/*
+		 * Entries of a removed directory may show through from an
+		 * ancestor (inode_purge clears only the branch's own keys):
+		 * unreachable, since inode numbers are never reused, and not
+		 * links.  A damaged directory is reported as an inode.
+		 */
+		if (!d || d->bad)
+			continue;
 		c->st.dirents++;
 		if (V.vlen != BFS_DIRENT_VALUE_SIZE) {
 			defer_add(c, dl, "dirent", 0, dir, name, nl, false,
@@ -1531,16 +1544,13 @@ static int tree_dirents(struct ck *c, const struct ctree *t, struct itab *it,
 		}
 		ino = bfs_get_u64(V.val);
 		type = (uint32_t)V.val[8] << 12;
-		d = ifind(it, dir);
-		if (!d || d->bad || !S_ISDIR(d->mode)) {
+		if (!S_ISDIR(d->mode)) {
 			defer_add(c, dl, "dirent", 0, dir, name, nl, false,
-				  "entry in %s %llu, which is %s",
-				  "inode", (unsigned long long)dir,
-				  !d ? "missing" : d->bad ? "damaged"
-						 : "not a directory");
-		} else {
-			d->entries++;
+				  "entry in inode %llu, which is not a directory",
+				  (unsigned long long)dir);
+			continue;
 		}
+		d->entries++;
 		e = ifind(it, ino);
 		if (!e) {
 			defer_add(c, dl, "dirent", 0, dir, name, nl, false,
@@ -1559,8 +1569,7 @@ static int tree_dirents(struct ck *c, const struct ctree *t, struct itab *it,
 				  type, (unsigned long long)ino,
 				  e->mode & S_IFMT);
 		if (S_ISDIR(e->mode)) {
-			if (d && !d->bad)
-				d->subdirs++;
+			d->subdirs++;
 			if (ino == SNAP_ROOT_INO || ++e->dirlinks > 1)
 				defer_add(c, dl, "dirent", 0, dir, name, nl,
 					  false, "%s named by more than one entry",

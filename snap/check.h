@@ -25,9 +25,13 @@
  *              values decode; in every tree (branch head, snapshot, reset
  *              point), read as the tree reads them (ancestry fall-through
  *              at each level's epoch): the root is a directory, every entry
- *              lies in a directory and names a live inode of the type it
+ *              of a live directory names a live inode of the type it
  *              records (M1), a directory is named once and its parent field
- *              says where, no block is mapped beyond EOF or on a non-file
+ *              says where, no block is mapped beyond EOF or on a non-file.
+ *              Entries and block maps of a removed inode may show through
+ *              from an ancestor (inode_purge clears the branch's own keys
+ *              only); inode numbers are never reused, so they are
+ *              unreachable and not counted.
  *   nlink      nlink == number of entries naming the inode; directories
  *              2 + subdirectories (M2); an inode named by no entry must
  *              have nlink 0 (a file unlinked while open)
