@@ -305,6 +305,25 @@ static const char *block_decode(const uint8_t *v, size_t n, void *out,
 	}
 }
 
+int kv_block_verify(const void *val, size_t vlen,
+		    const uint8_t hash[BFS_HASH_SIZE], void *out, char *why,
+		    size_t whylen)
+{
+	uint8_t check[BFS_HASH_SIZE];
+	char buf[96];
+	const char *problem;
+
+	problem = block_decode(val, vlen, out, buf, sizeof(buf));
+	if (!problem) {
+		kv_block_hash(out, check);
+		if (memcmp(check, hash, BFS_HASH_SIZE) == 0)
+			return 0;
+		problem = "hash mismatch: data corrupt";
+	}
+	snprintf(why, whylen, "%s", problem);
+	return -EIO;
+}
+
 int kv_block_read(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE], void *out)
 {
 	char hex[2 * BFS_HASH_SIZE + 1], why[96];

@@ -164,6 +164,16 @@ int kv_block_read(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE], void *out);
 void kv_read_begin(struct kv *kv);
 void kv_read_end(struct kv *kv);
 
+/*
+ * Check a stored "blocks" value (@val, @vlen bytes) against its key @hash:
+ * decode it into @out (BFS_BLOCK_SIZE bytes) and verify the plaintext's
+ * hash.  0 if sound; -EIO with a reason in @why (@whylen bytes) if not.
+ * Logs nothing: for checkers that report damage themselves.
+ */
+int kv_block_verify(const void *val, size_t vlen,
+		    const uint8_t hash[BFS_HASH_SIZE], void *out, char *why,
+		    size_t whylen);
+
 /* Current reference count of @hash (0 if it has none). */
 int kv_block_refcount(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE],
 		      int64_t *count);

@@ -57,6 +57,11 @@ enum snap_set {
 
 enum snap_open_flags {
 	SNAP_OPEN_READONLY = 1 << 0, /* no lock, no writes (stats on a live store) */
+	/* For snap_check (snap/check.h): takes the lock but changes nothing at
+	 * open or close (no orphan purge, pruning or GC), and opens a store
+	 * whose branch records or ancestry are damaged (those trees are left
+	 * out) so that the check can report them. */
+	SNAP_OPEN_CHECK = 1 << 1,
 };
 
 /* ---- stores ---------------------------------------------------------- */

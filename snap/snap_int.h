@@ -80,6 +80,7 @@ struct snap {
 	char *path;
 	int lock_fd;
 	bool readonly;
+	bool checking;  /* SNAP_OPEN_CHECK: tolerate damage, change nothing */
 	struct kv *kv;
 
 	pthread_rwlock_t tree_lock;

@@ -689,6 +689,10 @@ static int load_branches(struct snap *s)
 			if (kl != 5)
 				continue;
 			ret = branch_decode(bfs_get_u32(k + 1), p == 1, v, vl, &br);
+			if (ret == -EIO && s->checking) {
+				ret = 0; /* snap_check reports it */
+				continue;
+			}
 			if (ret < 0)
 				break;
 			nb = realloc(s->branches,
@@ -732,6 +736,10 @@ static int load_branches(struct snap *s)
 		if (s->branches[i]->deleted)
 			continue;
 		ret = tree_build(s, s->branches[i], &t);
+		if (ret == -EIO && s->checking) {
+			ret = 0; /* broken ancestry: snap_check reports it */
+			continue;
+		}
 		if (ret == 0) {
 			t->next = s->trees;
 			s->trees = t;
@@ -844,6 +852,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		return -ENOMEM;
 	s->lock_fd = -1;
 	s->readonly = flags & SNAP_OPEN_READONLY;
+	s->checking = flags & SNAP_OPEN_CHECK;
 	pthread_rwlock_init(&s->tree_lock, NULL);
 	pthread_mutex_init(&s->ino_lock, NULL);
 	pthread_mutex_init(&s->open_lock, NULL);
@@ -877,6 +886,8 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 	if (ret < 0)
 		goto out_free;
 	ret = load_u64(s->kv, BFS_KEY_NEXT_INO, &s->next_ino);
+	if (ret < 0 && s->checking)
+		ret = 0; /* snap_check reports it */
 	if (ret < 0) {
 		kv_log("store %s: cannot read the inode counter", s->path);
 		goto out_free;
@@ -885,7 +896,10 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 	{
 		uint64_t id;
 
+		id = 0;
 		ret = load_u64(s->kv, BFS_KEY_NEXT_ID, &id);
+		if (ret < 0 && s->checking)
+			ret = 0;
 		if (ret < 0) {
 			kv_log("store %s: cannot read the id counter", s->path);
 			goto out_free;
@@ -895,12 +909,12 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 	ret = load_branches(s);
 	if (ret < 0)
 		goto out_free;
-	if (!s->readonly) {
+	if (!s->readonly && !s->checking) {
 		ret = purge_orphans(s);
 		if (ret < 0)
 			goto out_free;
 	}
-	if (!s->readonly) {
+	if (!s->readonly && !s->checking) {
 		ret = pthread_create(&s->gc_thread, NULL, gc_main, s);
 		if (ret) {
 			ret = -ret;
@@ -929,7 +943,7 @@ void snap_close(struct snap *s)
 		pthread_mutex_unlock(&s->gc_lock);
 		pthread_join(s->gc_thread, NULL);
 	}
-	if (s->kv && !s->readonly && s->branches) {
+	if (s->kv && !s->readonly && !s->checking && s->branches) {
 		snap_prune(s);
 		kv_gc(s->kv, 0, NULL);
 		kv_sync(s->kv);

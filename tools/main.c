@@ -23,6 +23,7 @@
 
 #include "fs/fs.h"
 #include "kv/format.h"
+#include "snap/check.h"
 #include "snap/snap.h"
 #include "tools.h"
 
@@ -913,6 +914,181 @@ static int cmd_gc(int argc, char **argv)
 	return ret;
 }
 
+/* ---- check ---------------------------------------------------------------- */
+
+struct check_out {
+	bool json, tty;
+	unsigned listed;
+	double last_ms;
+	bool progress_shown;
+};
+
+static void json_str(const char *v);
+static double now_ms(void);
+
+static void json_opt(const char *v)
+{
+	if (v)
+		json_str(v);
+	else
+		fputs("null", stdout);
+}
+
+static void check_report(void *arg, const char *kind, const char *branch,
+			 const char *path, const char *detail)
+{
+	struct check_out *o = arg;
+
+	if (o->progress_shown) {
+		fputs("\r\033[K", stderr);
+		o->progress_shown = false;
+	}
+	if (o->json) {
+		printf("%s{\"kind\": ", o->listed ? ", " : "");
+		json_str(kind);
+		printf(", \"branch\": ");
+		json_opt(branch);
+		printf(", \"path\": ");
+		json_opt(path);
+		printf(", \"detail\": ");
+		json_str(detail);
+		printf("}");
+	} else if (branch && path) {
+		printf("%-13s %s: %s: %s\n", kind, branch, path, detail);
+	} else if (branch) {
+		printf("%-13s %s: %s\n", kind, branch, detail);
+	} else {
+		printf("%-13s %s\n", kind, detail);
+	}
+	o->listed++;
+}
+
+static void check_progress(void *arg, const char *phase, uint64_t done,
+			   uint64_t total)
+{
+	struct check_out *o = arg;
+	double t = now_ms();
+
+	if (!o->tty || t - o->last_ms < 100)
+		return;
+	o->last_ms = t;
+	if (total)
+		fprintf(stderr, "\r\033[Kchecking %s: %llu/%llu", phase,
+			(unsigned long long)done, (unsigned long long)total);
+	else
+		fprintf(stderr, "\r\033[Kchecking %s: %llu", phase,
+			(unsigned long long)done);
+	o->progress_shown = true;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	struct check_out o = { 0 };
+	struct snap_check_stats st = { 0 };
+	const char *store = NULL;
+	unsigned flags = 0;
+	struct snap *s;
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			o.json = true;
+		else if (!strcmp(argv[i], "--repair"))
+			flags |= SNAP_CHECK_REPAIR;
+		else if ((!strcmp(argv[i], "-s") || !strcmp(argv[i], "--store")) &&
+			 i + 1 < argc && !store)
+			store = argv[++i];
+		else if (argv[i][0] == '-' || store) {
+			if (argv[i][0] == '-')
+				die_msg("check: unknown option %s", argv[i]);
+			return usage_err("check");
+		} else
+			store = argv[i];
+	}
+	if (!store)
+		store = getenv("BRANCHFS_STORE");
+	if (!store) {
+		die_msg("no store given: use check STORE, -s STORE or set "
+			"BRANCHFS_STORE");
+		return usage_err("check");
+	}
+	if (!check_store(store))
+		return 2;
+	o.tty = isatty(STDERR_FILENO);
+	if (o.json)
+		printf("{\"problems\": [");
+	ret = snap_open(store, SNAP_OPEN_CHECK, &s);
+	if (ret == -EPROTONOSUPPORT) {
+		check_report(&o, "format", NULL, NULL,
+			     "the store's format version is not one this "
+			     "branchfs knows");
+		if (o.json)
+			printf("], \"clean\": false, \"repaired\": 0, "
+			       "\"counts\": {}}\n");
+		return 1;
+	}
+	if (ret < 0) {
+		if (o.json)
+			printf("]}\n");
+		if (ret == -EBUSY)
+			die_msg("store %s is in use (mounted, or another branchfs "
+				"command is running): check works on an unmounted "
+				"store only", store);
+		else
+			die_msg("cannot open store %s: %s", store, open_error(ret));
+		return 2;
+	}
+	ret = snap_check(s, flags, check_report, check_progress, &o, &st);
+	snap_close(s);
+	if (o.progress_shown)
+		fputs("\r\033[K", stderr);
+	if (ret < 0) {
+		if (o.json)
+			printf("]}\n");
+		die_msg("check of %s failed: %s", store, strerror(-ret));
+		return 2;
+	}
+	if (o.json) {
+		printf("], \"clean\": %s, \"repaired\": %llu, \"counts\": "
+		       "{\"branches\": %llu, \"snapshots\": %llu, "
+		       "\"inodes\": %llu, \"dirents\": %llu, "
+		       "\"bmap_entries\": %llu, \"blocks\": %llu, "
+		       "\"problems\": %llu, \"repaired\": %llu}}\n",
+		       ret == 0 ? "true" : "false",
+		       (unsigned long long)st.repaired,
+		       (unsigned long long)st.branches,
+		       (unsigned long long)st.snapshots,
+		       (unsigned long long)st.inodes,
+		       (unsigned long long)st.dirents,
+		       (unsigned long long)st.bmap_entries,
+		       (unsigned long long)st.blocks,
+		       (unsigned long long)st.problems,
+		       (unsigned long long)st.repaired);
+	} else {
+		printf("checked %llu branches, %llu snapshots: %llu inodes, "
+		       "%llu entries, %llu block-map entries, %llu blocks\n",
+		       (unsigned long long)st.branches,
+		       (unsigned long long)st.snapshots,
+		       (unsigned long long)st.inodes,
+		       (unsigned long long)st.dirents,
+		       (unsigned long long)st.bmap_entries,
+		       (unsigned long long)st.blocks);
+		if (ret == 0 && !st.problems)
+			printf("clean\n");
+		else if (ret == 0)
+			printf("%llu problems found, all repaired: clean\n",
+			       (unsigned long long)st.problems);
+		else
+			printf("%llu problems found, %llu repaired, %llu remain%s\n",
+			       (unsigned long long)st.problems,
+			       (unsigned long long)st.repaired,
+			       (unsigned long long)(st.problems - st.repaired),
+			       flags & SNAP_CHECK_REPAIR ? " (not safe to repair "
+			       "automatically: see above)" : "");
+	}
+	return ret == 0 ? 0 : 1;
+}
+
 static int cmd_version(int argc, char **argv)
 {
 	if (argc != 1)
@@ -964,6 +1140,18 @@ static const struct cli_cmd cmds[] = {
 	{ "gc", cmd_gc, "gc [-s STORE]",
 	  "Give back now the space of deleted branches and snapshots and of\n"
 	  "overwritten data (otherwise done in the background)." },
+	{ "check", cmd_check, "check [--json] [--repair] [-s STORE | STORE]",
+	  "Verify every invariant of an unmounted store: format version,\n"
+	  "counters, branch and snapshot records and their ancestry, every\n"
+	  "directory entry, link count and size in every branch and snapshot,\n"
+	  "every block (present, decodes, hash matches) and its reference\n"
+	  "count, the GC queue. Each problem is listed with its branch and file\n"
+	  "path. --repair fixes what is safe (reference counts, unreferenced\n"
+	  "blocks, stale queue entries, link counts in branch heads) and lists\n"
+	  "what it cannot (missing or corrupt data is never dropped). --json\n"
+	  "prints one object {clean, problems[{kind, branch, path, detail}],\n"
+	  "repaired, counts}. Exit 0 clean, 1 problems remain, 2 the store\n"
+	  "cannot be checked (mounted, not a store). Progress on a terminal." },
 	{ "version", cmd_version, "version", "Print the version." },
 	{ "help", cmd_help, "help [COMMAND]", "Show help." },
 };

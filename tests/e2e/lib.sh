@@ -155,6 +155,9 @@ bfs_umount() {
 	if [ -n "$store" ]; then
 		pids=$(bfs_daemon_pids "$store")
 		[ -z "$pids" ] || bfs_fail "umount returned 0 but daemon $pids still holds $store"
+		if [ "${BFS_CHECK_ON_UMOUNT:-0}" = 1 ]; then
+			"$BRANCHFS" check "$store" >&2 || bfs_fail "branchfs check $store after umount: not clean"
+		fi
 	fi
 }
 
