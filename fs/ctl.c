@@ -106,11 +106,14 @@ static void invalidate(struct fs *fs, char **argv)
  * With the kernel writeback cache, write(2)s that returned may still sit in
  * the page cache.  Before a command takes a snapshot (snapshot create, and
  * branch create, which snapshots its source), push them to the store with
- * syncfs(2) on the mount: the snapshot then holds every write that returned
- * before the command began, and writes racing with it as a power cut would
- * leave them.  syncfs goes through the FUSE threads, not this one, and no
- * lock is held here.  A failure is logged: the snapshot is still an image
- * that was on the store at one instant.
+ * syncfs(2) on the mount, best effort: FUSE gives syncfs no way to wait for
+ * WRITEs already in flight, so a write that returned just before the
+ * command may still miss the snapshot.  The contract in this mode is the
+ * crash-consistent one (a power cut at the moment of the snapshot): what
+ * was fsynced, and every file closed before (close writes back), is in it.
+ * syncfs goes through the FUSE threads, not this one, and no lock is held
+ * here.  A failure is logged: the snapshot is still an image that was on
+ * the store at one instant.
  */
 static void wb_flush(struct fs *fs, const char *cmd)
 {

@@ -21,9 +21,10 @@ struct fs_opts {
 	bool foreground;
 	bool debug;
 	/* Kernel writeback cache: write(2) lands in the page cache and reaches
-	 * the store at writeback, close, fsync or a snapshot (which flushes the
-	 * mount first).  Snapshots are then crash-consistent like a power cut
-	 * instead of containing every write(2) that returned. */
+	 * the store at writeback, close or fsync (and a snapshot syncfs()es
+	 * the mount first, best effort).  Snapshots are then crash-consistent
+	 * like a power cut (fsynced data and closed files are in them) instead
+	 * of containing every write(2) that returned. */
 	bool writeback;
 	int ready_fd;           /* written once the mount is live, or -1 */
 };
