@@ -762,6 +762,8 @@ int snap_prune(struct snap *s)
 					again = true;
 				}
 			}
+			if (ret < 0) /* e.g. a full disk: try again later */
+				br->prune_needed = true;
 		}
 	}
 	pthread_mutex_unlock(&s->prune_lock);

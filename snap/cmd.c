@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "snap_int.h"
 
@@ -320,6 +321,25 @@ static void reply_err(struct out *o, int ret, const char *what,
 	}
 }
 
+/*
+ * Deleting and collecting are how space comes back, so on a full disk
+ * (-ENOSPC) they may spend the store's reserve and wait for RocksDB to
+ * recover from the full disk (it checks the free space every 5 s): true
+ * while the caller should try again.
+ */
+#define FULL_DISK_WAIT_S 30
+static bool full_disk_retry(struct snap *s, int ret, int *tries)
+{
+	if (ret != -ENOSPC || *tries >= FULL_DISK_WAIT_S)
+		return false;
+	if (*tries == 0 &&
+	    !snap_reserve_release(s, "disk full, for a deletion or gc"))
+		return false; /* no reserve: nothing to wait for */
+	(*tries)++;
+	sleep(1);
+	return true;
+}
+
 int snap_command(struct snap *s, int argc, char **argv, char **reply)
 {
 	struct out o = { 0 };
@@ -327,7 +347,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	bool force = has_flag(argc, argv, 1, "--force");
 	uint64_t t0 = mono_us();
 	uint32_t id = 0;
-	int ret = -EINVAL;
+	int ret = -EINVAL, tries = 0;
 
 	if (!strcmp(cmd, "snapshot-create") && argc == 3) {
 		ret = snap_snapshot_create(s, argv[1], argv[2], &id);
@@ -340,7 +360,9 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "snapshot-list") && argc == 1) {
 		ret = list(s, true, &o);
 	} else if (!strcmp(cmd, "snapshot-delete") && argc >= 2) {
-		ret = snap_snapshot_delete(s, argv[1], force);
+		do
+			ret = snap_snapshot_delete(s, argv[1], force);
+		while (full_disk_retry(s, ret, &tries));
 		if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[1]);
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
@@ -356,7 +378,9 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "branch-list") && argc == 1) {
 		ret = list(s, false, &o);
 	} else if (!strcmp(cmd, "branch-delete") && argc >= 2) {
-		ret = snap_branch_delete(s, argv[1], force);
+		do
+			ret = snap_branch_delete(s, argv[1], force);
+		while (full_disk_retry(s, ret, &tries));
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else if (!strcmp(cmd, "branch-reset") && argc >= 2) {
@@ -383,11 +407,24 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "du") && argc == 1) {
 		ret = du_cmd(s, &o);
 	} else if (!strcmp(cmd, "gc") && argc == 1) {
-		ret = snap_prune(s);
-		if (ret == 0)
-			ret = snap_gc(s, 0);
-		if (ret == 0)
-			ret = snap_sync(s);
+		do {
+			ret = snap_prune(s);
+			if (ret == 0)
+				ret = snap_gc(s, 0);
+			if (ret == 0)
+				ret = snap_sync(s);
+		} while (full_disk_retry(s, ret, &tries));
+		/* Deleted keys and blocks leave the disk only when RocksDB
+		 * compacts the files holding them: do it now, with the
+		 * reserve's room if the disk is nearly full. */
+		if (ret == 0) {
+			if (snap_disk_low(s))
+				snap_reserve_release(s, "disk nearly full, for gc");
+			ret = snap_compact(s);
+			snap_reserve_take(s);
+		}
+		else if (ret == -ENOSPC)
+			outf(&o, "gc: no space left on device\n");
 	} else if (!strcmp(cmd, "pgcheck") && argc == 2) {
 		ret = pgcheck(s, argv[1], &o);
 		if (ret < 0)
