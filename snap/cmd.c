@@ -273,12 +273,22 @@ static const char *printable(const char *name, char *buf, size_t size)
 {
 	size_t k = 0;
 
-	for (const unsigned char *p = (const unsigned char *)name;
-	     *p && k + 5 < size; p++) {
-		if (*p < 0x20 || *p == 0x7f || *p == '\\')
+	const unsigned char *p = (const unsigned char *)name;
+	size_t left = strlen(name), len;
+
+	while (*p && k + 5 < size) {
+		len = utf8_char(p, left);
+		if (*p < 0x20 || *p == 0x7f || *p == '\\' || len == 0) {
 			k += (size_t)snprintf(buf + k, size - k, "\\x%02x", *p);
-		else
-			buf[k++] = (char)*p;
+			len = 1;
+		} else if (k + len + 5 < size) {
+			memcpy(buf + k, p, len);
+			k += len;
+		} else {
+			break;
+		}
+		p += len;
+		left -= len;
 	}
 	buf[k] = 0;
 	return buf;
@@ -299,8 +309,9 @@ static void reply_err(struct out *o, int ret, const char *what,
 		     name);
 		break;
 	case -EINVAL:
-		outf(o, "invalid name '%s' (names may not be empty, start with "
-			"'.' or '-', or contain '/' or control characters)\n",
+		outf(o, "invalid name '%s' (names must be valid UTF-8 and may "
+			"not be empty, start with '.' or '-', or contain '/' or "
+			"control characters)\n",
 		     name);
 		break;
 	case -ENAMETOOLONG:
@@ -340,6 +351,13 @@ static bool full_disk_retry(struct snap *s, int ret, int *tries)
 	return true;
 }
 
+/* "X-delete NAME [--force]": anything else is malformed (a request with
+ * stray words must not delete what its first word names). */
+static bool delete_args(int argc, char **argv)
+{
+	return argc == 2 || (argc == 3 && !strcmp(argv[2], "--force"));
+}
+
 int snap_command(struct snap *s, int argc, char **argv, char **reply)
 {
 	struct out o = { 0 };
@@ -359,7 +377,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 			created(s, &o, id, t0, argv[1]);
 	} else if (!strcmp(cmd, "snapshot-list") && argc == 1) {
 		ret = list(s, true, &o);
-	} else if (!strcmp(cmd, "snapshot-delete") && argc >= 2) {
+	} else if (!strcmp(cmd, "snapshot-delete") && delete_args(argc, argv)) {
 		do
 			ret = snap_snapshot_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries));
@@ -377,7 +395,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 			created(s, &o, id, t0, argc == 3 ? argv[2] : "main");
 	} else if (!strcmp(cmd, "branch-list") && argc == 1) {
 		ret = list(s, false, &o);
-	} else if (!strcmp(cmd, "branch-delete") && argc >= 2) {
+	} else if (!strcmp(cmd, "branch-delete") && delete_args(argc, argv)) {
 		do
 			ret = snap_branch_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries));
@@ -430,7 +448,10 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else {
-		outf(&o, "unknown or malformed request '%s'\n", cmd);
+		char nb[4 * SNAP_NAME_MAX + 64];
+
+		outf(&o, "unknown or malformed request '%s'\n",
+		     printable(cmd, nb, sizeof(nb)));
 		ret = -EINVAL;
 	}
 	if (!o.buf)

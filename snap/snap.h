@@ -177,9 +177,9 @@ int snap_branch_list(struct snap *s, bool snapshots,
 		     struct snap_branch_info **out, size_t *n);
 
 /*
- * Branch and snapshot names: 1..SNAP_NAME_MAX bytes, no '/', no control
- * characters, not starting with '.' or '-'; unique across live branches and
- * snapshots.  -EINVAL / -ENAMETOOLONG.
+ * Branch and snapshot names: 1..SNAP_NAME_MAX bytes of valid UTF-8, no '/',
+ * no control characters (C0, DEL, C1), not starting with '.' or '-'; unique
+ * across live branches and snapshots.  -EINVAL / -ENAMETOOLONG.
  */
 int snap_name_check(const char *name);
 
