@@ -70,6 +70,17 @@ static int node_tree_get(struct fs *fs, fuse_ino_t node, struct snap_tree **t)
 	return snap_tree_get(fs->s, node_tree(node), t);
 }
 
+/* node_tree_get() for an operation that would change @node: .snapshots
+ * holds only read-only snapshots, so it is a read-only filesystem (EROFS)
+ * there like inside them; the mount root stays EPERM. */
+static int node_tree_get_w(struct fs *fs, fuse_ino_t node,
+			   struct snap_tree **t)
+{
+	int ret = node_tree_get(fs, node, t);
+
+	return ret == -EPERM && node == NODE_SNAPDIR ? -EROFS : ret;
+}
+
 static void attr_to_stat(uint32_t tree, const struct snap_attr *a,
 			 struct stat *st)
 {
@@ -339,7 +350,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t node, struct stat *attr,
 		set |= SNAP_SET_CTIME;
 		in.ctime = attr->st_ctim;
 	}
-	ret = node_tree_get(fs, node, &t);
+	ret = node_tree_get_w(fs, node, &t);
 	if (ret == 0) {
 		ret = snap_setattr(t, node_ino(node), &in, set, &out);
 		snap_tree_put(t);
@@ -378,7 +389,7 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct snap_attr a;
 	int ret;
 
-	ret = node_tree_get(fs, parent, &t);
+	ret = node_tree_get_w(fs, parent, &t);
 	if (ret < 0) {
 		reply_err(req, ret == -EPERM ? -EPERM : ret);
 		return;
@@ -457,7 +468,7 @@ static void op_link(fuse_req_t req, fuse_ino_t node, fuse_ino_t newparent,
 		reply_err(req, -EXDEV);
 		return;
 	}
-	ret = node_tree_get(fs, newparent, &t);
+	ret = node_tree_get_w(fs, newparent, &t);
 	if (ret == 0) {
 		ret = snap_link(t, node_ino(node), node_ino(newparent), newname,
 				&a);
@@ -474,7 +485,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get(fs, parent, &t);
+	int ret = node_tree_get_w(fs, parent, &t);
 
 	if (ret == 0) {
 		ret = snap_unlink(t, node_ino(parent), name);
@@ -487,7 +498,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get(fs, parent, &t);
+	int ret = node_tree_get_w(fs, parent, &t);
 
 	if (ret == 0) {
 		ret = snap_rmdir(t, node_ino(parent), name);
@@ -517,7 +528,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		f |= SNAP_RENAME_NOREPLACE;
 	if (flags & RENAME_EXCHANGE)
 		f |= SNAP_RENAME_EXCHANGE;
-	ret = node_tree_get(fs, parent, &t);
+	ret = node_tree_get_w(fs, parent, &t);
 	if (ret == 0) {
 		ret = snap_rename(t, node_ino(parent), name,
 				  node_ino(newparent), newname, f);
@@ -864,7 +875,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t node, const char *name,
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get(fs, node, &t);
+	int ret = node_tree_get_w(fs, node, &t);
 
 	if (ret == 0) {
 		ret = snap_setxattr(t, node_ino(node), name, value, size, flags);
@@ -937,7 +948,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t node, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get(fs, node, &t);
+	int ret = node_tree_get_w(fs, node, &t);
 
 	if (ret == 0) {
 		ret = snap_removexattr(t, node_ino(node), name);

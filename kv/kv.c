@@ -619,11 +619,23 @@ int kv_commit(struct kv *kv, struct kv_batch *b)
 	rocksdb_write(kv->db, kv->wopts, kv_batch_build(kv, b), &err);
 	rocksdb_writebatch_clear(b->wb);
 	if (err) {
-		/* What reached the WAL is unknown: refuse further writes. */
-		atomic_store(&kv->poisoned, true);
 		ret = kv_rocks_errno("write", err);
+		/*
+		 * What reached the WAL is unknown.  A full disk (NoSpace, from
+		 * the WAL or from a flush) is a "hard" background error in
+		 * RocksDB: it refuses every write itself until its automatic
+		 * recovery, which polls the free space, has flushed all the
+		 * memtables and dropped the WAL that may hold a torn part of
+		 * this batch.  So later commits fail with ENOSPC until space
+		 * is back, then succeed, and this batch never lands.  Any
+		 * other error: refuse further writes until reopened.
+		 */
+		if (ret != -ENOSPC)
+			atomic_store(&kv->poisoned, true);
+		atomic_store(&kv->wal_err, ret);
 		goto out_reset;
 	}
+	atomic_store(&kv->wal_err, 0);
 	atomic_fetch_add(&kv->committed, 1);
 out_reset:
 	kv_batch_reset(b);
@@ -650,6 +662,9 @@ int kv_sync(struct kv *kv)
 		return ret;
 	if (kv->readonly)
 		return 0;
+	ret = atomic_load(&kv->wal_err);
+	if (ret)
+		return ret;
 
 	pthread_mutex_lock(&kv->sync_lock);
 	ticket = atomic_load(&kv->committed);
@@ -677,8 +692,10 @@ int kv_sync(struct kv *kv)
 
 		rocksdb_flush_wal(kv->db, 1, &err);
 		atomic_fetch_add(&kv->nsyncs, 1);
-		if (err)
+		if (err) {
 			ret = kv_rocks_errno("sync", err);
+			atomic_store(&kv->wal_err, ret);
+		}
 
 		pthread_mutex_lock(&kv->sync_lock);
 		kv->syncing = false;

@@ -83,15 +83,20 @@ size_t kv_batch_count(const struct kv_batch *b);
 /*
  * Write the batch atomically (to the WAL and memtables, not synced) and
  * reset it to empty so it can be reused.  Releases the block lock the batch
- * may hold.  Returns 0, or -EIO/-ENOSPC; after a failed commit the handle is
+ * may hold.  Returns 0, or -EIO/-ENOSPC.  After a failed commit the handle is
  * poisoned: every later write returns -EIO until the store is reopened.
+ * Except a full disk reported by RocksDB: that -ENOSPC does not poison, as
+ * RocksDB then refuses every write (-ENOSPC) itself until free space is
+ * back and it has recovered, without the failed batch; writes succeed again
+ * after that.  (An injected fault, kv_fault_set(), always poisons.)
  */
 int kv_commit(struct kv *kv, struct kv_batch *b);
 
 /*
  * Make everything committed before this call durable (WAL fsynced).
  * Concurrent callers are grouped: one fsync serves all that arrived while
- * it was pending.  Returns 0 or -EIO.
+ * it was pending.  Returns 0 or -EIO/-ENOSPC; after a write or sync that
+ * RocksDB failed, that error at once until a commit succeeds again.
  */
 int kv_sync(struct kv *kv);
 

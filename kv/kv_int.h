@@ -51,7 +51,14 @@ struct kv {
 	char *dbdir;
 	bool readonly;
 
-	atomic_bool poisoned; /* set by a failed commit, never cleared */
+	atomic_bool poisoned; /* set by a failed commit (not ENOSPC: see
+			       * kv_commit), never cleared */
+	/* -errno of a RocksDB write or WAL sync that failed, 0 once a write
+	 * succeeds again (RocksDB took it: it has recovered, on a new WAL).
+	 * Meanwhile the WAL writer may hold the error, and syncing it trips an
+	 * assertion in RocksDB 7.8 (fixed upstream in PR 12448): kv_sync()
+	 * returns this instead. */
+	atomic_int wal_err;
 
 	/*
 	 * The block lock.  Batches that reference or unreference blocks hold

@@ -25,6 +25,37 @@
 
 #include "snap_int.h"
 
+/* Length of the valid UTF-8 sequence at @p (at most @n bytes) that is not
+ * a C1 control, or 0: overlong forms, surrogates and code points past
+ * U+10FFFF are invalid. */
+size_t utf8_char(const unsigned char *p, size_t n)
+{
+	uint32_t cp;
+	size_t len;
+
+	if (p[0] < 0x80)
+		return 1;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		len = 2, cp = p[0] & 0x1f;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		len = 3, cp = p[0] & 0x0f;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		len = 4, cp = p[0] & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+	    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0)
+		return 0;
+	return len;
+}
+
 int snap_name_check(const char *name)
 {
 	size_t n = strlen(name);
@@ -35,11 +66,15 @@ int snap_name_check(const char *name)
 		return -ENAMETOOLONG;
 	if (name[0] == '.' || name[0] == '-')
 		return -EINVAL; /* ".", "..", ".snapshots", options */
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)name[i];
+	/* Names are shown in listings, JSON and terminals: valid UTF-8
+	 * without control characters (C0, DEL, C1). */
+	for (size_t i = 0; i < n;) {
+		const unsigned char *c = (const unsigned char *)name + i;
+		size_t len = utf8_char(c, n - i);
 
-		if (c == '/' || c < 0x20 || c == 0x7f)
+		if (len == 0 || *c == '/' || *c < 0x20 || *c == 0x7f)
 			return -EINVAL;
+		i += len;
 	}
 	return 0;
 }
@@ -762,6 +797,8 @@ int snap_prune(struct snap *s)
 					again = true;
 				}
 			}
+			if (ret < 0) /* e.g. a full disk: try again later */
+				br->prune_needed = true;
 		}
 	}
 	pthread_mutex_unlock(&s->prune_lock);

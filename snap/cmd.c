@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "snap_int.h"
 
@@ -272,12 +273,22 @@ static const char *printable(const char *name, char *buf, size_t size)
 {
 	size_t k = 0;
 
-	for (const unsigned char *p = (const unsigned char *)name;
-	     *p && k + 5 < size; p++) {
-		if (*p < 0x20 || *p == 0x7f || *p == '\\')
+	const unsigned char *p = (const unsigned char *)name;
+	size_t left = strlen(name), len;
+
+	while (*p && k + 5 < size) {
+		len = utf8_char(p, left);
+		if (*p < 0x20 || *p == 0x7f || *p == '\\' || len == 0) {
 			k += (size_t)snprintf(buf + k, size - k, "\\x%02x", *p);
-		else
-			buf[k++] = (char)*p;
+			len = 1;
+		} else if (k + len + 5 < size) {
+			memcpy(buf + k, p, len);
+			k += len;
+		} else {
+			break;
+		}
+		p += len;
+		left -= len;
 	}
 	buf[k] = 0;
 	return buf;
@@ -298,8 +309,9 @@ static void reply_err(struct out *o, int ret, const char *what,
 		     name);
 		break;
 	case -EINVAL:
-		outf(o, "invalid name '%s' (names may not be empty, start with "
-			"'.' or '-', or contain '/' or control characters)\n",
+		outf(o, "invalid name '%s' (names must be valid UTF-8 and may "
+			"not be empty, start with '.' or '-', or contain '/' or "
+			"control characters)\n",
 		     name);
 		break;
 	case -ENAMETOOLONG:
@@ -320,6 +332,32 @@ static void reply_err(struct out *o, int ret, const char *what,
 	}
 }
 
+/*
+ * Deleting and collecting are how space comes back, so on a full disk
+ * (-ENOSPC) they may spend the store's reserve and wait for RocksDB to
+ * recover from the full disk (it checks the free space every 5 s): true
+ * while the caller should try again.
+ */
+#define FULL_DISK_WAIT_S 30
+static bool full_disk_retry(struct snap *s, int ret, int *tries)
+{
+	if (ret != -ENOSPC || *tries >= FULL_DISK_WAIT_S)
+		return false;
+	if (*tries == 0 &&
+	    !snap_reserve_release(s, "disk full, for a deletion or gc"))
+		return false; /* no reserve: nothing to wait for */
+	(*tries)++;
+	sleep(1);
+	return true;
+}
+
+/* "X-delete NAME [--force]": anything else is malformed (a request with
+ * stray words must not delete what its first word names). */
+static bool delete_args(int argc, char **argv)
+{
+	return argc == 2 || (argc == 3 && !strcmp(argv[2], "--force"));
+}
+
 int snap_command(struct snap *s, int argc, char **argv, char **reply)
 {
 	struct out o = { 0 };
@@ -327,7 +365,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	bool force = has_flag(argc, argv, 1, "--force");
 	uint64_t t0 = mono_us();
 	uint32_t id = 0;
-	int ret = -EINVAL;
+	int ret = -EINVAL, tries = 0;
 
 	if (!strcmp(cmd, "snapshot-create") && argc == 3) {
 		ret = snap_snapshot_create(s, argv[1], argv[2], &id);
@@ -339,8 +377,10 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 			created(s, &o, id, t0, argv[1]);
 	} else if (!strcmp(cmd, "snapshot-list") && argc == 1) {
 		ret = list(s, true, &o);
-	} else if (!strcmp(cmd, "snapshot-delete") && argc >= 2) {
-		ret = snap_snapshot_delete(s, argv[1], force);
+	} else if (!strcmp(cmd, "snapshot-delete") && delete_args(argc, argv)) {
+		do
+			ret = snap_snapshot_delete(s, argv[1], force);
+		while (full_disk_retry(s, ret, &tries));
 		if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[1]);
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
@@ -355,8 +395,10 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 			created(s, &o, id, t0, argc == 3 ? argv[2] : "main");
 	} else if (!strcmp(cmd, "branch-list") && argc == 1) {
 		ret = list(s, false, &o);
-	} else if (!strcmp(cmd, "branch-delete") && argc >= 2) {
-		ret = snap_branch_delete(s, argv[1], force);
+	} else if (!strcmp(cmd, "branch-delete") && delete_args(argc, argv)) {
+		do
+			ret = snap_branch_delete(s, argv[1], force);
+		while (full_disk_retry(s, ret, &tries));
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else if (!strcmp(cmd, "branch-reset") && argc >= 2) {
@@ -383,17 +425,33 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "du") && argc == 1) {
 		ret = du_cmd(s, &o);
 	} else if (!strcmp(cmd, "gc") && argc == 1) {
-		ret = snap_prune(s);
-		if (ret == 0)
-			ret = snap_gc(s, 0);
-		if (ret == 0)
-			ret = snap_sync(s);
+		do {
+			ret = snap_prune(s);
+			if (ret == 0)
+				ret = snap_gc(s, 0);
+			if (ret == 0)
+				ret = snap_sync(s);
+		} while (full_disk_retry(s, ret, &tries));
+		/* Deleted keys and blocks leave the disk only when RocksDB
+		 * compacts the files holding them: do it now, with the
+		 * reserve's room if the disk is nearly full. */
+		if (ret == 0) {
+			if (snap_disk_low(s))
+				snap_reserve_release(s, "disk nearly full, for gc");
+			ret = snap_compact(s);
+			snap_reserve_take(s);
+		}
+		else if (ret == -ENOSPC)
+			outf(&o, "gc: no space left on device\n");
 	} else if (!strcmp(cmd, "pgcheck") && argc == 2) {
 		ret = pgcheck(s, argv[1], &o);
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else {
-		outf(&o, "unknown or malformed request '%s'\n", cmd);
+		char nb[4 * SNAP_NAME_MAX + 64];
+
+		outf(&o, "unknown or malformed request '%s'\n",
+		     printable(cmd, nb, sizeof(nb)));
 		ret = -EINVAL;
 	}
 	if (!o.buf)

@@ -106,6 +106,22 @@ int snap_stats(struct snap *s, struct snap_stats *st);
 /* Compact the database (space of deleted keys goes back to the disk). */
 int snap_compact(struct snap *s);
 
+/*
+ * The disk-full reserve: a file STORE/reserve of SNAP_RESERVE_BYTES that a
+ * writable snap_open() creates while the filesystem has room for it.  When
+ * the disk fills up, RocksDB refuses every write, and to recover it needs
+ * free space of about one memtable (32 MiB) - so even deleting a branch to
+ * make room would fail; and a compaction that gives deleted data back needs
+ * room for the live data it rewrites.  snap_reserve_release() deletes the
+ * file (true if there was one; @why is logged), snap_reserve_take() creates
+ * it again if there is room.
+ */
+#define SNAP_RESERVE_BYTES (64ull << 20)
+bool snap_reserve_release(struct snap *s, const char *why);
+void snap_reserve_take(struct snap *s);
+/* Less than 4 x SNAP_RESERVE_BYTES free on the store's filesystem. */
+bool snap_disk_low(struct snap *s);
+
 struct snap_statfs {
 	uint64_t bsize, blocks, bfree, bavail, files, ffree;
 };
@@ -161,9 +177,9 @@ int snap_branch_list(struct snap *s, bool snapshots,
 		     struct snap_branch_info **out, size_t *n);
 
 /*
- * Branch and snapshot names: 1..SNAP_NAME_MAX bytes, no '/', no control
- * characters, not starting with '.' or '-'; unique across live branches and
- * snapshots.  -EINVAL / -ENAMETOOLONG.
+ * Branch and snapshot names: 1..SNAP_NAME_MAX bytes of valid UTF-8, no '/',
+ * no control characters (C0, DEL, C1), not starting with '.' or '-'; unique
+ * across live branches and snapshots.  -EINVAL / -ENAMETOOLONG.
  */
 int snap_name_check(const char *name);
 

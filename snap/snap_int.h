@@ -231,6 +231,9 @@ static inline bool reads_via_origin(const struct snap_branch *c, uint32_t id)
 }
 
 /* Branch table (store.c); callers hold tree_lock as noted. */
+/* Length of the valid, non-control UTF-8 character at @p (<= @n bytes; an
+ * ASCII byte counts as 1), or 0 if it is not one (branch.c). */
+size_t utf8_char(const unsigned char *p, size_t n);
 size_t branch_encode(const struct snap_branch *br, uint8_t *v);
 struct snap_branch *branch_new(void);
 void branch_free(struct snap_branch *br);

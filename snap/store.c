@@ -468,6 +468,57 @@ void snap_inode_release(struct snap_tree *t, uint64_t ino)
 	}
 }
 
+/* ---- the disk-full reserve (snap.h) ---------------------------------- */
+
+bool snap_reserve_release(struct snap *s, const char *why)
+{
+	char *p = path_join(s->path, "reserve");
+	bool had;
+
+	if (!p)
+		return false;
+	had = unlink(p) == 0;
+	if (had)
+		kv_log("released the %llu MiB reserve %s: %s",
+		       SNAP_RESERVE_BYTES >> 20, p, why);
+	free(p);
+	return had;
+}
+
+bool snap_disk_low(struct snap *s)
+{
+	struct statvfs sv;
+
+	return statvfs(s->path, &sv) == 0 &&
+	       (uint64_t)sv.f_bavail * sv.f_frsize < 4 * SNAP_RESERVE_BYTES;
+}
+
+void snap_reserve_take(struct snap *s)
+{
+	char *p = path_join(s->path, "reserve");
+	struct stat st;
+	int fd, err;
+
+	if (!p)
+		return;
+	/* Only with room to spare: never be what fills the disk. */
+	if (stat(p, &st) == 0 || snap_disk_low(s))
+		goto out;
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto out;
+	err = posix_fallocate(fd, 0, (off_t)SNAP_RESERVE_BYTES);
+	if (err == 0 && fsync(fd) < 0)
+		err = errno;
+	close(fd);
+	if (err) {
+		kv_log("%s: %s", p, strerror(err));
+		unlink(p);
+	}
+out:
+	free(p);
+}
+
 /* ---- store lifecycle ------------------------------------------------- */
 
 static int lock_store(const char *path, int *fdp)
@@ -814,6 +865,8 @@ static int purge_orphans(struct snap *s)
 static void *gc_main(void *arg)
 {
 	struct snap *s = arg;
+	unsigned tick = 0, retry_prune = 0;
+	int last_err = 0;
 
 	pthread_mutex_lock(&s->gc_lock);
 	while (!s->gc_stop) {
@@ -827,14 +880,20 @@ static void *gc_main(void *arg)
 			pthread_cond_timedwait(&s->gc_cond, &s->gc_lock, &ts);
 		if (s->gc_stop)
 			break;
-		prune = s->prune_pending;
+		tick++;
+		/* a prune that failed (a full disk) is retried every 10 s */
+		prune = s->prune_pending || (retry_prune && tick >= retry_prune);
 		s->prune_pending = false;
 		pthread_mutex_unlock(&s->gc_lock);
 		if (prune)
-			snap_prune(s);
+			retry_prune = snap_prune(s) < 0 ? tick + 10 : 0;
 		ret = kv_gc(s->kv, 16384, NULL);
-		if (ret < 0)
+		/* log a failure once, not every second while the disk is full */
+		if (ret < 0 && ret != last_err)
 			kv_log("background gc: %s", strerror(-ret));
+		else if (ret == 0 && last_err)
+			kv_log("background gc: working again");
+		last_err = ret < 0 ? ret : 0;
 		pthread_mutex_lock(&s->gc_lock);
 	}
 	pthread_mutex_unlock(&s->gc_lock);
@@ -915,6 +974,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 			goto out_free;
 	}
 	if (!s->readonly && !s->checking) {
+		snap_reserve_take(s);
 		ret = pthread_create(&s->gc_thread, NULL, gc_main, s);
 		if (ret) {
 			ret = -ret;

@@ -655,6 +655,13 @@ static bool all_digits(const char *v)
 	return true;
 }
 
+/* Keys whose values are branch or snapshot names. */
+static bool names_record(const char *key)
+{
+	return !strcmp(key, "name") || !strcmp(key, "branch") ||
+	       !strcmp(key, "parent") || !strcmp(key, "snapshot");
+}
+
 /* Print tab-separated key=value records as a table or a JSON array. */
 static void print_records(const char *text, bool json)
 {
@@ -697,7 +704,8 @@ static void print_records(const char *text, bool json)
 				printf("%s", c ? ", " : "");
 				json_str(keys[c]);
 				printf(": ");
-				if (all_digits(rows[r][c]))
+				/* a name may be all digits: still a string */
+				if (all_digits(rows[r][c]) && !names_record(keys[c]))
 					printf("%s", rows[r][c]);
 				else
 					json_str(rows[r][c]);

@@ -1947,6 +1947,11 @@ static void test_names(void **state)
 		{ "del\x7f", -EINVAL }, { ".hidden", -EINVAL },
 		{ ".snapshots", -EINVAL }, { "-f", -EINVAL },
 		{ "--force", -EINVAL }, { n201, -ENAMETOOLONG },
+		/* invalid UTF-8: a lone byte, overlong '/', a surrogate, a
+		 * cut sequence, past U+10FFFF; a C1 control (CSI) */
+		{ "bad\xff", -EINVAL },	{ "ov\xc0\xaf", -EINVAL },
+		{ "s\xed\xa0\x80", -EINVAL }, { "cut\xe6\x97", -EINVAL },
+		{ "\xf4\x90\x80\x80", -EINVAL }, { "c1\xc2\x9b", -EINVAL },
 		{ u201, -ENAMETOOLONG },
 	};
 	const char *good[] = { n200, u200, "ветка-分支-🌿", "a b", "a.b",
@@ -3553,12 +3558,14 @@ static void test_command(void **state)
 	CMD_ERR(e, -ENOENT, "branch 'nope' does not exist\n",
 		"snapshot-create", "nope", "s9");
 	CMD_ERR(e, -EINVAL,
-		"invalid name 'a/b' (names may not be empty, start with '.' or "
-		"'-', or contain '/' or control characters)\n",
+		"invalid name 'a/b' (names must be valid UTF-8 and may not be "
+		"empty, start with '.' or '-', or contain '/' or control "
+		"characters)\n",
 		"branch-create", "a/b");
 	CMD_ERR(e, -EINVAL,
-		"invalid name '.x' (names may not be empty, start with '.' or "
-		"'-', or contain '/' or control characters)\n",
+		"invalid name '.x' (names must be valid UTF-8 and may not be "
+		"empty, start with '.' or '-', or contain '/' or control "
+		"characters)\n",
 		"snapshot-create", "main", ".x");
 	CMD_ERR(e, -ENAMETOOLONG, "name too long (at most 200 bytes)\n",
 		"branch-create", n201);
@@ -3766,8 +3773,9 @@ static void test_command_error_names(void **state)
 		   "main");
 	/* the new name of a rename is the one that is invalid */
 	cmd_expect(e, log, sizeof(log), -EINVAL,
-		   "invalid name 'a/b' (names may not be empty, start with '.' "
-		   "or '-', or contain '/' or control characters)\n",
+		   "invalid name 'a/b' (names must be valid UTF-8 and may not "
+		   "be empty, start with '.' or '-', or contain '/' or control "
+		   "characters)\n",
 		   "branch-rename", "b1", "a/b");
 	if (log[0])
 		fail_msg("error replies name the wrong object:%s", log);
