@@ -120,6 +120,25 @@ test check-e2e: $(E2E_BIN)
 .PHONY: e2e-progs
 # ---- end of end-to-end test programs ------------------------------------------
 
+# ---- test tools (tests/tools/) ------------------------------------------------
+# The power-cut simulation of tests/pg/pg_powercut.sh: powercut.so, an
+# LD_PRELOAD shim for the daemon that journals syncs and directory changes
+# under the store, and powercut, which rolls the store back from that
+# journal.  Test-only.  The shim is built without _FILE_OFFSET_BITS (it
+# defines open and open64 itself) and without sanitizers.
+PC_BIN := $(B)/tests/tools/powercut $(B)/tests/tools/powercut.so
+$(B)/tests/tools/powercut: tests/tools/powercut.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+$(B)/tests/tools/powercut.so: tests/tools/powercut_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fsanitize=%,$(CFLAGS)) -U_FILE_OFFSET_BITS -fPIC -shared \
+		-o $@ $< -ldl -lpthread
+test-tools: $(PC_BIN)
+test check-pg: $(PC_BIN)
+.PHONY: test-tools
+# ---- end of test tools --------------------------------------------------------
+
 clean:
 	rm -rf build build-* branchfs
 
