@@ -16,8 +16,9 @@
 #
 # Load during each round: one client inserting ids one by one
 # (synchronous_commit=on; each id is written to a file outside the mount
-# only after its commit returned), pgbench -c 2, and a snapshot and a branch
-# created at random moments.  Each cut must drop unsynced data (some cut must
+# only after its commit returned), pgbench -c 2, a client writing bulk rows
+# and running CHECKPOINTs, and a snapshot and a branch created at random
+# moments.  Each cut must drop unsynced data (some cut must
 # drop WAL bytes), or the test would prove nothing.
 #
 # Knobs: PG_POWERCUT_ROUNDS (5), PG_POWERCUT_SEED (random; printed, replay
@@ -82,7 +83,9 @@ mount_shim() {
 check_ids() {
 	local ack=$1 port=$2 what=$3 missing
 	LC_ALL=C sort "$ack" >"$W/want"
-	pgl_psql "$port" "$SOCK" -c "select id from acked" | LC_ALL=C sort >"$W/have"
+	pgl_psql "$port" "$SOCK" -c "select id from acked" >"$W/have.raw" ||
+		pgl_die "$what: cannot read table acked"
+	LC_ALL=C sort "$W/have.raw" >"$W/have"
 	missing=$(LC_ALL=C comm -23 "$W/want" "$W/have" | wc -l)
 	if [ "$missing" -ne 0 ]; then
 		LC_ALL=C comm -23 "$W/want" "$W/have" | head -n 20 >&2
@@ -100,7 +103,8 @@ pgl_initdb "$PGDATA" --data-checksums >"$W/initdb.log" 2>&1 || {
 }
 PORT=$(port_for main)
 pgl_start "$PGDATA" "$PORT" "$SOCK" "$W/main.log" || pgl_die "start postgres"
-pgl_psql "$PORT" "$SOCK" -c "create table acked (id bigserial primary key, pad text not null)" ||
+pgl_psql "$PORT" "$SOCK" -c "create table acked (id bigserial primary key, pad text not null);
+	create table churn (g int, pad text)" ||
 	pgl_die "create table"
 "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$W/pgbench-i.log" 2>&1 || {
 	tail "$W/pgbench-i.log" >&2
@@ -116,6 +120,16 @@ inserter() {
 		awk '{ printf "insert into acked (pad) values (repeat(md5(%d::text), 4)) returning id;\n", $1 }' |
 		stdbuf -oL "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres \
 			-f - >>"$W/ack" 2>>"$W/inserter.err"
+}
+# bulk writes and CHECKPOINTs, so that data files (written without fsync
+# until the checkpoint syncs them) and RocksDB flushes are in flight too
+churn() {
+	set +e
+	while :; do
+		"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres -c "
+			insert into churn select g, repeat('y', 300) from generate_series(1, 20000) g;
+			delete from churn where g % 3 = 0;" -c "checkpoint" >/dev/null 2>>"$W/churn.err" || break
+	done
 }
 # a snapshot, then a branch, each at a random moment; each name is recorded
 # as acknowledged only after its command returned 0, and the ids
@@ -148,6 +162,8 @@ for r in $(seq 1 "$ROUNDS"); do
 	pids+=($!)
 	creator "$r" "$s1" "$s2" &
 	pids+=($!)
+	churn &
+	pids+=($!)
 	PGL_BGPIDS+=("${pids[@]}")
 	sleep "$secs"
 	kill -0 "${pids[0]}" 2>/dev/null || {
@@ -166,7 +182,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	acked=$(wc -l <"$W/ack")
 	"$BRANCHFS" umount "$MNT" >/dev/null || pgl_die "branchfs umount of the stale mount"
 	cp "$STORE/branchfs.log" "$W/daemon.$r.log" 2>/dev/null || true
-	"$PC" cut -m "$MODE" -s "$((SEED + r))" "$STORE" "$W/baseline" "$JOURNAL" "$GRAVE" \
+	"$PC" cut -v -m "$MODE" -s "$((SEED + r))" "$STORE" "$W/baseline" "$JOURNAL" "$GRAVE" \
 		>"$W/cut.$r" 2>&1 || {
 		cat "$W/cut.$r" >&2
 		pgl_die "round $r: powercut cut failed"
