@@ -14,6 +14,9 @@
 # was created is on that branch, and every branch and snapshot whose
 # creation was acknowledged exists.
 #
+# Before the load, two quiet cuts: right after `branchfs init` returned
+# (the new store must survive it) and right after a mount.
+#
 # Load during each round: one client inserting ids one by one
 # (synchronous_commit=on; each id is written to a file outside the mount
 # only after its commit returned), pgbench -c 2, a client writing bulk rows
@@ -68,15 +71,51 @@ port_for() {
 	echo "${PORTS[$1]}"
 }
 
-# mount_shim N: record the store as durable, mount it with the shim,
-# journaling to $JOURNAL (journal.N)
-mount_shim() {
+# shim_begin N: record the store as durable; what runs under shim_env
+# from here journals to $JOURNAL (journal.N)
+shim_begin() {
 	JOURNAL=$W/journal.$1
 	rm -rf "$GRAVE" && mkdir "$GRAVE"
 	"$PC" begin "$STORE" "$W/baseline" || pgl_die "powercut begin"
-	LD_PRELOAD=$SHIM POWERCUT_DIR=$STORE POWERCUT_JOURNAL=$JOURNAL \
-		POWERCUT_GRAVE=$GRAVE ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
-		pgl_mount "$STORE" "$MNT" || pgl_die "mount (round $1)"
+}
+# shim_env CMD...: run CMD (which may be a function) with the shim preloaded
+shim_env() {
+	LD_PRELOAD=$SHIM POWERCUT_DIR=$STORE POWERCUT_JOURNAL=$JOURNAL POWERCUT_GRAVE=$GRAVE \
+		ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 "$@"
+}
+mount_shim() {
+	shim_begin "$1"
+	shim_env pgl_mount "$STORE" "$MNT" || pgl_die "mount ($1)"
+}
+# kill_daemon: the power cut itself
+kill_daemon() {
+	local d
+	d=$(pgl_daemon_pid "$STORE") || pgl_die "no daemon"
+	kill -9 "$d"
+	bfs_wait_gone "$d" 30 || pgl_die "daemon $d survived kill -9"
+}
+# rollback WHAT N: after the cut, remove the dead mount, roll the store
+# back from its journal, and require `branchfs check` clean.  Sets DROPPED
+# and WAL (bytes dropped in all, and from RocksDB's write-ahead logs).
+rollback() {
+	local what=$1 n=$2 line
+	if pgl_is_mounted "$MNT"; then
+		"$BRANCHFS" umount "$MNT" >/dev/null || pgl_die "$what: branchfs umount of the stale mount"
+	fi
+	cp "$STORE/branchfs.log" "$W/daemon.$n.log" 2>/dev/null || true
+	"$PC" cut -v -m "$MODE" -s "$((SEED * 100000 + RANDOM))" "$STORE" "$W/baseline" "$JOURNAL" "$GRAVE" \
+		>"$W/cut.$n" 2>&1 || {
+		cat "$W/cut.$n" >&2
+		pgl_die "$what: powercut cut failed"
+	}
+	sed 's/^/    /' "$W/cut.$n" | grep -v '^    powercut:' >&2
+	line=$(grep '^powercut:' "$W/cut.$n")
+	DROPPED=$(sed -n 's/.* dropped=\([0-9]*\).*/\1/p' <<<"$line")
+	WAL=$(sed -n 's/.* wal=\([0-9]*\).*/\1/p' <<<"$line")
+	"$BRANCHFS" check "$STORE" >"$W/check.$n" 2>&1 || {
+		cat "$W/check.$n" >&2
+		pgl_die "$what: branchfs check is not clean after the cut"
+	}
 }
 
 # check_ids ACKFILE PORT WHAT: every id in ACKFILE is in table acked
@@ -94,8 +133,19 @@ check_ids() {
 	FOUND=$(LC_ALL=C comm -12 "$W/want" "$W/have" | wc -l)
 }
 
-pgl_init "$STORE" || pgl_die "branchfs init"
+# A cut right after `branchfs init` returned: the store must be there.
+mkdir -m 700 "$STORE"
 STORE=$(realpath "$STORE")
+shim_begin init
+shim_env pgl_init "$STORE" || pgl_die "branchfs init"
+rollback "cut right after init" init
+pgl_log "cut right after init: dropped $DROPPED bytes; the store opens and checks clean"
+# A cut right after mount returned (RocksDB has just recovered, flushed
+# and replaced its MANIFEST; nothing written since).
+mount_shim mount
+kill_daemon
+rollback "cut right after mount" mount
+pgl_log "cut right after mount: dropped $DROPPED bytes; check clean"
 mount_shim 0
 pgl_initdb "$PGDATA" --data-checksums >"$W/initdb.log" 2>&1 || {
 	cat "$W/initdb.log" >&2
@@ -153,7 +203,6 @@ for r in $(seq 1 "$ROUNDS"); do
 	s1=0.$((RANDOM % 10)) s2=$((RANDOM % 3)).$((RANDOM % 10))
 	acks0=$(wc -l <"$W/ack")
 	pgl_log "round $r: load for ${secs}s, snapshot s$r after ${s1}s, branch b$r ${s2}s later"
-	DAEMON=$(pgl_daemon_pid "$STORE") || pgl_die "no daemon"
 	PM=$(pgl_postmaster_pid "$PGDATA") || pgl_die "no postmaster"
 	pids=()
 	inserter &
@@ -172,32 +221,22 @@ for r in $(seq 1 "$ROUNDS"); do
 	}
 
 	# ---- the cut
-	kill -9 "$DAEMON"
-	bfs_wait_gone "$DAEMON" 30 || pgl_die "daemon $DAEMON survived kill -9"
+	kill_daemon
 	pgl_kill9_postmaster "$PM"
 	for p in "${pids[@]}"; do
 		pgl_kill_tree "$p"
 		wait "$p" 2>/dev/null || true
 	done
 	acked=$(wc -l <"$W/ack")
-	"$BRANCHFS" umount "$MNT" >/dev/null || pgl_die "branchfs umount of the stale mount"
-	cp "$STORE/branchfs.log" "$W/daemon.$r.log" 2>/dev/null || true
-	"$PC" cut -v -m "$MODE" -s "$((SEED + r))" "$STORE" "$W/baseline" "$JOURNAL" "$GRAVE" \
-		>"$W/cut.$r" 2>&1 || {
-		cat "$W/cut.$r" >&2
-		pgl_die "round $r: powercut cut failed"
-	}
-	sed 's/^/    /' "$W/cut.$r" | grep -v '^    powercut:' >&2
-	line=$(grep '^powercut:' "$W/cut.$r")
-	dropped=$(sed -n 's/.* dropped=\([0-9]*\).*/\1/p' <<<"$line")
-	wal=$(sed -n 's/.* wal=\([0-9]*\).*/\1/p' <<<"$line")
+	if grep -vqE '^[0-9]+$' "$W/ack"; then
+		grep -vnE '^[0-9]+$' "$W/ack" | head >&2
+		pgl_die "round $r: garbage in the ack file"
+	fi
+	rollback "round $r" "$r"
+	dropped=$DROPPED wal=$WAL
 	[ "$wal" -gt 0 ] && wal_cuts=$((wal_cuts + 1))
 
 	# ---- after the cut
-	"$BRANCHFS" check "$STORE" >"$W/check.$r" 2>&1 || {
-		cat "$W/check.$r" >&2
-		pgl_die "round $r: branchfs check is not clean after the cut"
-	}
 	mount_shim "$r"
 	t=$(pgl_now)
 	pgl_start "$PGDATA" "$PORT" "$SOCK" "$W/main.log" || pgl_die "round $r: postgres did not recover on main"

@@ -25,6 +25,7 @@
  *   R ID OLD NEW INO         OLD was renamed to NEW
  *   U ID PATH INO            PATH was unlinked
  *   L ID OLD NEW INO         NEW was made a hard link of OLD
+ *   M ID PATH INO            directory PATH was made
  *   B ID                     a fsync/fdatasync is about to start
  *   E ID f|d PATH INO SIZE   ... it succeeded; for a file, SIZE is the size
  *                            before it started (all of it is durable)
@@ -45,10 +46,13 @@
  * so in practice there are none, and the test prints how many there were.
  *
  * Not covered (recorded as X, and the replay refuses): shared writable
- * mmap, mkdir/rmdir/symlink below the store, renames into or out of it.
- * Writes through fds this library did not see opened (dup, fopen) are not
- * checked for overwrites, and their syncs are not journaled: the replay
- * then drops more, never less.
+ * mmap, rmdir/symlink below the store, renames into or out of it.
+ * Writes through a FILE's buffer are checked when it flushes only if they
+ * go through write(2) symbols this library sees (glibc's own stdio does
+ * not): RocksDB does not use stdio for its files, branchfs only for the
+ * FORMAT file it creates once.  Writes through fds this library did not see
+ * opened (dup) are not checked for overwrites, and their syncs are not
+ * journaled: the replay then drops more, never less.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -110,6 +114,8 @@ static struct {
 	int (*mkdirat)(int, const char *, mode_t);
 	int (*symlinkat)(const char *, int, const char *);
 	void *(*mmap)(void *, size_t, int, int, int, off_t);
+	FILE *(*fopen)(const char *, const char *);
+	int (*fclose)(FILE *);
 } real;
 
 static char pc_dir[PATH_MAX];
@@ -194,6 +200,8 @@ static void pc_init(void)
 	real.mkdirat = pc_sym("mkdirat");
 	real.symlinkat = pc_sym("symlinkat");
 	real.mmap = pc_sym("mmap");
+	real.fopen = pc_sym("fopen");
+	real.fclose = pc_sym("fclose");
 
 	if (!d || !j || !g || d[0] != '/' || strlen(d) >= sizeof(pc_dir) ||
 	    strlen(g) >= sizeof(pc_grave))
@@ -527,6 +535,71 @@ int creat(const char *path, mode_t mode)
 }
 int creat64(const char *path, mode_t mode) __attribute__((alias("creat")));
 
+/* fopen opens through glibc's internal open, which the wrappers above do
+ * not see: register its fd the same way */
+static FILE *pc_fopen(const char *path, const char *mode,
+		      FILE *(*call)(const char *, const char *))
+{
+	char rel[PATH_MAX], esc[3 * PATH_MAX];
+	struct stat before, st;
+	bool existed;
+	struct pc_fd *e;
+	FILE *f;
+	int fd, save;
+
+	if (!pc_active() || !pc_rel(AT_FDCWD, path, rel, sizeof(rel)))
+		return call(path, mode);
+	existed = stat(path, &before) == 0;
+	if (existed && S_ISREG(before.st_mode) && mode[0] == 'w') {
+		int rfd = real.open(path, O_RDONLY | O_CLOEXEC);
+
+		if (rfd >= 0) {
+			pc_hint_raise(before.st_ino, before.st_size);
+			pc_preimage(rfd, before.st_ino, 0, before.st_size);
+			real.close(rfd);
+		}
+	}
+	f = call(path, mode);
+	if (!f)
+		return f;
+	save = errno;
+	fd = fileno(f);
+	if (fstat(fd, &st) < 0)
+		abort();
+	if (!existed || before.st_ino != st.st_ino) {
+		pc_esc(esc, sizeof(esc), rel);
+		pc_rec('C', pc_id(), "%s %llu", esc, (unsigned long long)st.st_ino);
+	}
+	pc_hint_raise(st.st_ino, existed ? before.st_size : 0);
+	if (fd < PC_MAXFD) {
+		e = calloc(1, sizeof(*e));
+		if (!e || !(e->rel = strdup(rel)))
+			abort();
+		e->ino = st.st_ino;
+		e->append = mode[0] == 'a';
+		atomic_store(&pc_fds[fd], e);
+	}
+	errno = save;
+	return f;
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+	pc_active();
+	return pc_fopen(path, mode, real.fopen);
+}
+FILE *fopen64(const char *path, const char *mode) __attribute__((alias("fopen")));
+
+int fclose(FILE *f)
+{
+	int fd = f ? fileno(f) : -1;
+
+	pc_active();
+	if (fd >= 0 && fd < PC_MAXFD)
+		atomic_store(&pc_fds[fd], NULL);
+	return real.fclose(f);
+}
+
 int close(int fd)
 {
 	pc_active();
@@ -817,8 +890,12 @@ int mkdirat(int dirfd, const char *path, mode_t mode)
 	if (r == 0 && atomic_load(&pc_on) && pc_rel(dirfd, path, rel, sizeof(rel))) {
 		int save = errno;
 
+		struct stat st;
+
 		pc_esc(esc, sizeof(esc), rel);
-		pc_rec('X', pc_id(), "mkdir %s", esc);
+		if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			abort();
+		pc_rec('M', pc_id(), "%s %llu", esc, (unsigned long long)st.st_ino);
 		errno = save;
 	}
 	return r;
