@@ -560,6 +560,41 @@ static int dir_is_empty(const char *path)
 	return empty;
 }
 
+static int fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* fsync the directory that holds @path's entry */
+static int fsync_parent(const char *path)
+{
+	char *p = strdup(path), *slash;
+	int ret;
+
+	if (!p)
+		return -ENOMEM;
+	while ((slash = strrchr(p, '/')) && slash[1] == '\0' && slash != p)
+		*slash = '\0'; /* "store/" names the same entry as "store" */
+	slash = strrchr(p, '/');
+	if (!slash)
+		ret = fsync_dir(".");
+	else if (slash == p)
+		ret = fsync_dir("/");
+	else {
+		*slash = '\0';
+		ret = fsync_dir(p);
+	}
+	free(p);
+	return ret;
+}
+
 int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
 {
 	struct snap_branch main_br = { .id = SNAP_MAIN_ID, .epoch = 1 };
@@ -662,10 +697,23 @@ int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
 		goto out;
 	}
 	fprintf(f, "branchfs store format %u\n", BFS_FORMAT_VERSION);
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+		ret = -errno;
+		fclose(f);
+		goto out;
+	}
 	if (fclose(f) != 0) {
 		ret = -EIO;
 		goto out;
 	}
+	/* RocksDB syncs what is inside db/, but not db/'s own entry: the
+	 * entries of lock, FORMAT and db/ (and of the store, if we made it)
+	 * are durable only once their directory is synced. */
+	ret = fsync_dir(path);
+	if (ret == 0 && made_dir)
+		ret = fsync_parent(path);
+	if (ret < 0)
+		goto out;
 	ret = 0;
 out:
 	kv_batch_free(b);

@@ -139,6 +139,7 @@ STORE=$(realpath "$STORE")
 shim_begin init
 shim_env pgl_init "$STORE" || pgl_die "branchfs init"
 rollback "cut right after init" init
+"$BRANCHFS" stats "$STORE" >/dev/null || pgl_die "the store does not open after a cut right after init"
 pgl_log "cut right after init: dropped $DROPPED bytes; the store opens and checks clean"
 # A cut right after mount returned (RocksDB has just recovered, flushed
 # and replaced its MANIFEST; nothing written since).
