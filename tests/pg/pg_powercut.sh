@@ -20,8 +20,9 @@
 # Load during each round: one client inserting ids one by one
 # (synchronous_commit=on; each id is written to a file outside the mount
 # only after its commit returned), pgbench -c 2, a client writing bulk rows
-# and running CHECKPOINTs, and a snapshot and a branch created at random
-# moments.  Each cut must drop unsynced data (some cut must
+# and running CHECKPOINTs, a snapshot and a branch created at random
+# moments, and pgbench -c 1 on the postgres of the branch made in the round
+# before (so that a branch's server is cut too).  Each cut must drop unsynced data (some cut must
 # drop WAL bytes), or the test would prove nothing.
 #
 # Knobs: PG_POWERCUT_ROUNDS (5), PG_POWERCUT_SEED (random; printed, replay
@@ -57,18 +58,17 @@ pgl_pgdir "$SOCK"
 export BRANCHFS_STORE=$STORE
 pgl_log "seed $SEED, $ROUNDS rounds, mode $MODE (replay: PG_POWERCUT_SEED=$SEED)"
 
-# a port for main and one per branch, from a range of our own
+# port_for NAME: a port for main and one per branch, from a range of our
+# own, kept in PORTS[NAME] (call it directly, not in $(...))
 declare -A PORTS=()
 port_for() {
 	local p
-	if [ -z "${PORTS[$1]:-}" ]; then
-		while :; do
-			p=$(pgl_free_port 56000 500) || pgl_die "no free port"
-			[[ " ${PORTS[*]} " == *" $p "* ]] || break
-		done
-		PORTS[$1]=$p
-	fi
-	echo "${PORTS[$1]}"
+	[ -z "${PORTS[$1]:-}" ] || return 0
+	while :; do
+		p=$(pgl_free_port 56000 500) || pgl_die "no free port"
+		[[ " ${PORTS[*]} " == *" $p "* ]] || break
+	done
+	PORTS[$1]=$p
 }
 
 # shim_begin N: record the store as durable; what runs under shim_env
@@ -152,7 +152,8 @@ pgl_initdb "$PGDATA" --data-checksums >"$W/initdb.log" 2>&1 || {
 	cat "$W/initdb.log" >&2
 	pgl_die "initdb"
 }
-PORT=$(port_for main)
+port_for main
+PORT=${PORTS[main]}
 pgl_start "$PGDATA" "$PORT" "$SOCK" "$W/main.log" || pgl_die "start postgres"
 pgl_psql "$PORT" "$SOCK" -c "create table acked (id bigserial primary key, pad text not null);
 	create table churn (g int, pad text)" ||
@@ -198,6 +199,7 @@ creator() {
 : >"$W/branches.ok"
 
 survived=0 wal_cuts=0
+LIVE= # the newest branch: its postgres stays up, under pgbench, into the next cut
 figures=()
 for r in $(seq 1 "$ROUNDS"); do
 	secs=$((2 + RANDOM % 6)).$((RANDOM % 10))
@@ -214,16 +216,31 @@ for r in $(seq 1 "$ROUNDS"); do
 	pids+=($!)
 	churn &
 	pids+=($!)
+	if [ -n "$LIVE" ]; then
+		LIVE_PM=$(pgl_postmaster_pid "$MNT/$LIVE/pgdata") || pgl_die "no postmaster on $LIVE"
+		"$PGBIN/pgbench" -h "$SOCK" -p "${PORTS[$LIVE]}" -U postgres -n -c 1 -T 600 postgres \
+			>"$W/pgbench-$LIVE.$r.log" 2>&1 &
+		pids+=($!)
+	fi
 	PGL_BGPIDS+=("${pids[@]}")
 	sleep "$secs"
 	kill -0 "${pids[0]}" 2>/dev/null || {
 		cat "$W/inserter.err" >&2
 		pgl_die "round $r: the inserter died before the cut"
 	}
+	kill -0 "${pids[1]}" 2>/dev/null || {
+		cat "$W/pgbench.$r.log" >&2
+		pgl_die "round $r: pgbench on main died before the cut"
+	}
+	if [ -n "$LIVE" ] && ! kill -0 "${pids[4]}" 2>/dev/null; then
+		cat "$W/pgbench-$LIVE.$r.log" >&2
+		pgl_die "round $r: pgbench on $LIVE died before the cut"
+	fi
 
 	# ---- the cut
 	kill_daemon
 	pgl_kill9_postmaster "$PM"
+	[ -z "$LIVE" ] || pgl_kill9_postmaster "$LIVE_PM"
 	for p in "${pids[@]}"; do
 		pgl_kill_tree "$p"
 		wait "$p" 2>/dev/null || true
@@ -249,19 +266,21 @@ for r in $(seq 1 "$ROUNDS"); do
 	while read -r s; do
 		[ -d "$MNT/.snapshots/$s" ] || pgl_die "round $r: acknowledged snapshot $s is gone"
 	done <"$W/snaps.ok"
-	nb=0
+	nb=0 live_note=${LIVE:+, $LIVE under pgbench at the cut}
+	LIVE=$(tail -n 1 "$W/branches.ok")
 	while read -r b; do
 		[ -d "$MNT/$b" ] || pgl_die "round $r: acknowledged branch $b is gone"
-		bport=$(port_for "$b")
+		port_for "$b"
+		bport=${PORTS[$b]}
 		pgl_start "$MNT/$b/pgdata" "$bport" "$SOCK" "$W/$b.log" ||
 			pgl_die "round $r: postgres did not recover on branch $b"
 		check_ids "$W/pre.$b" "$bport" "round $r, branch $b"
 		pgl_pgbench_invariant "$bport" "$SOCK" >/dev/null || pgl_die "round $r: pgbench invariant broken on $b"
-		pgl_stop "$MNT/$b/pgdata" || pgl_die "round $r: pg_ctl stop on $b"
+		[ "$b" = "$LIVE" ] || pgl_stop "$MNT/$b/pgdata" || pgl_die "round $r: pg_ctl stop on $b"
 		nb=$((nb + 1))
 	done <"$W/branches.ok"
 	survived=$((survived + 1))
-	fig="cut $r after ${secs}s: dropped $dropped bytes (WAL $wal); $((acked - acks0)) commits acknowledged this round, all $found of $acked present on main; main recovered in ${rec}s; $nb branches recovered"
+	fig="cut $r after ${secs}s: dropped $dropped bytes (WAL $wal); $((acked - acks0)) commits acknowledged this round, all $found of $acked present on main; main recovered in ${rec}s; $nb branches recovered$live_note"
 	figures+=("$fig")
 	pgl_log "$fig"
 done
@@ -273,10 +292,9 @@ pgl_amcheck "$PORT" "$SOCK" >"$W/amcheck.log" 2>&1 || {
 }
 pgl_stop "$PGDATA" || pgl_die "pg_ctl stop on main"
 pgl_checksums "$PGDATA" >/dev/null || pgl_die "pg_checksums on main"
-last=$(tail -n 1 "$W/branches.ok")
+last=$LIVE
 if [ -n "$last" ]; then
-	bport=$(port_for "$last")
-	pgl_start "$MNT/$last/pgdata" "$bport" "$SOCK" "$W/$last.log" || pgl_die "start $last"
+	bport=${PORTS[$last]}
 	pgl_amcheck "$bport" "$SOCK" >"$W/amcheck-$last.log" 2>&1 || {
 		cat "$W/amcheck-$last.log" >&2
 		pgl_die "amcheck on $last"
