@@ -116,6 +116,7 @@ rollback() {
 		cat "$W/check.$n" >&2
 		pgl_die "$what: branchfs check is not clean after the cut"
 	}
+	pgl_log "$what: branchfs check: $(tr '\n' ' ' <"$W/check.$n")"
 }
 
 # check_ids ACKFILE PORT WHAT: every id in ACKFILE is in table acked
