@@ -176,6 +176,9 @@ int kv_block_ref(struct kv *kv, struct kv_batch *b, const void *data,
 	kv_block_hash(data, hash);
 	kv_batch_lock_blocks(kv, b);
 
+	ret = kv_fault_check(kv, KV_FAULT_READ);
+	if (ret)
+		return ret;
 	ret = kv_get_internal(kv, KV_CF_BLOCKS, hash, BFS_HASH_SIZE, NULL, 0,
 			      &vlen);
 	if (ret == 0) {
@@ -199,6 +202,9 @@ int kv_block_ref_hash(struct kv *kv, struct kv_batch *b,
 	int ret;
 
 	kv_batch_lock_blocks(kv, b);
+	ret = kv_fault_check(kv, KV_FAULT_READ);
+	if (ret)
+		return ret;
 	ret = kv_get_internal(kv, KV_CF_BLOCKS, hash, BFS_HASH_SIZE, NULL, 0,
 			      &vlen);
 	if (ret == -ENOENT) {

@@ -2,7 +2,8 @@
 /*
  * kv/fault.c - fault injection for tests (SQLite's VFS trick).
  *
- * kv_commit, kv_sync, kv_get, kv_block_read and kv_iter_new call
+ * kv_commit, kv_sync, kv_get, kv_block_read, the block lookups of
+ * kv_block_ref*, kv_iter_new and the moves of its iterators call
  * kv_fault_check() before they reach RocksDB.  Calls are counted whenever
  * their op is in the armed mask, even with nth == 0, so a test can first
  * count the calls a workload makes and then fail each of them in turn.
@@ -10,6 +11,9 @@
 #include <errno.h>
 
 #include "kv_int.h"
+
+/* Its address identifies the calling thread (distinct in every live one). */
+static __thread char thread_token;
 
 void kv_fault_set(struct kv *kv, unsigned ops, unsigned long nth, int err,
 		  bool persistent)
@@ -22,6 +26,8 @@ void kv_fault_set(struct kv *kv, unsigned ops, unsigned long nth, int err,
 	atomic_store(&f->persistent, persistent);
 	atomic_store(&f->calls, 0);
 	atomic_store(&f->fired, false);
+	atomic_store(&f->thread, (ops & KV_FAULT_THIS_THREAD) ?
+					 (uintptr_t)&thread_token : 0);
 	atomic_store(&f->ops, ops);
 	atomic_store(&f->nth, nth);
 }
@@ -38,7 +44,12 @@ int kv_fault_check(struct kv *kv, enum kv_fault_op op)
 	struct kv_fault *f = &kv->fault;
 	unsigned long n, nth;
 
+	uintptr_t th;
+
 	if (!(atomic_load_explicit(&f->ops, memory_order_relaxed) & op))
+		return 0;
+	th = atomic_load(&f->thread);
+	if (th && th != (uintptr_t)&thread_token)
 		return 0;
 	n = atomic_fetch_add(&f->calls, 1) + 1;
 	nth = atomic_load(&f->nth);

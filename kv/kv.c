@@ -723,7 +723,8 @@ struct kv_iter {
 	rocksdb_iterator_t *it;        /* NULL if creation failed */
 	rocksdb_readoptions_t *ropts;  /* points into lower/upper */
 	void *lower, *upper;           /* bound copies, live as long as it */
-	int err;                       /* creation error, or 0 */
+	int err;                       /* creation or injected error, or 0 */
+	struct kv *faults;             /* moves count as KV_FAULT_ITER, or NULL */
 };
 
 /* Returned when even an iterator cannot be allocated: never valid, status
@@ -786,32 +787,50 @@ struct kv_iter *kv_iter_new(struct kv *kv, enum kv_cf cf, const void *lower,
 			    size_t llen, const void *upper, size_t ulen)
 {
 	int ret = kv_fault_check(kv, KV_FAULT_READ);
+	struct kv_iter *it;
 
 	if (ret)
 		return kv_iter_failed(ret);
-	return kv_iter_new_internal(kv, cf, lower, llen, upper, ulen, true);
+	it = kv_iter_new_internal(kv, cf, lower, llen, upper, ulen, true);
+	if (it->it)
+		it->faults = kv;
+	return it;
+}
+
+/* An injected KV_FAULT_ITER error stops the iterator for good. */
+static bool kv_iter_move_ok(struct kv_iter *it)
+{
+	int ret;
+
+	if (!it->it || it->err)
+		return false;
+	if (it->faults && (ret = kv_fault_check(it->faults, KV_FAULT_ITER))) {
+		it->err = ret;
+		return false;
+	}
+	return true;
 }
 
 void kv_iter_seek(struct kv_iter *it, const void *key, size_t klen)
 {
-	if (it->it)
+	if (kv_iter_move_ok(it))
 		rocksdb_iter_seek(it->it, key, klen);
 }
 
 void kv_iter_seek_first(struct kv_iter *it)
 {
-	if (it->it)
+	if (kv_iter_move_ok(it))
 		rocksdb_iter_seek_to_first(it->it);
 }
 
 bool kv_iter_valid(const struct kv_iter *it)
 {
-	return it->it && rocksdb_iter_valid(it->it);
+	return it->it && !it->err && rocksdb_iter_valid(it->it);
 }
 
 void kv_iter_next(struct kv_iter *it)
 {
-	if (it->it)
+	if (kv_iter_move_ok(it))
 		rocksdb_iter_next(it->it);
 }
 

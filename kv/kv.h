@@ -212,13 +212,24 @@ int kv_compact(struct kv *kv);
 enum kv_fault_op {
 	KV_FAULT_WRITE = 1 << 0, /* kv_commit */
 	KV_FAULT_SYNC = 1 << 1,  /* kv_sync */
-	KV_FAULT_READ = 1 << 2,  /* kv_get, kv_block_read, iterator creation */
+	/* kv_get, kv_block_read, iterator creation, and the block lookups of
+	 * kv_block_ref / kv_block_ref_hash */
+	KV_FAULT_READ = 1 << 2,
+	/* kv_iter_seek, kv_iter_seek_first, kv_iter_next of an iterator made
+	 * by kv_iter_new: the iterator stops (not valid) and kv_iter_status
+	 * returns the error, as when RocksDB meets a bad block mid-scan */
+	KV_FAULT_ITER = 1 << 3,
+	/* not an op: count and fail only the calls made by the thread that
+	 * called kv_fault_set(), so that background threads (the collector,
+	 * the pruner) neither shift the count nor take the fault */
+	KV_FAULT_THIS_THREAD = 1 << 8,
 };
 
 /*
  * Arm fault injection: the @nth call (1-based) counted among @ops from now
  * on fails with -@err (EIO, ENOSPC or ENOMEM) without reaching RocksDB; if
- * @persistent, every later call among @ops fails too.  nth == 0 disarms.
+ * @persistent, every later call among @ops fails too.  nth == 0 disarms
+ * (calls among @ops are still counted).
  */
 void kv_fault_set(struct kv *kv, unsigned ops, unsigned long nth, int err,
 		  bool persistent);

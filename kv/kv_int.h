@@ -26,6 +26,8 @@ struct kv_fault {
 	atomic_bool persistent;      /* fail every call after the nth too */
 	atomic_ulong calls;          /* calls among @ops since kv_fault_set */
 	atomic_bool fired;
+	atomic_uintptr_t thread;     /* KV_FAULT_THIS_THREAD: the armer's
+				      * thread token, else 0 */
 };
 
 /*

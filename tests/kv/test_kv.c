@@ -1013,6 +1013,92 @@ static void test_fault_sync(void **state)
 	assert_true(fired);
 }
 
+/* Iterator moves fail mid-scan; block lookups of kv_block_ref count. */
+static void test_fault_iter(void **state)
+{
+	struct env *e = *state;
+	uint8_t block[BFS_BLOCK_SIZE], hash[BFS_HASH_SIZE];
+	struct kv_batch *b = kv_batch_new();
+	struct kv_iter *it;
+	bool fired;
+	int seen = 0;
+
+	put(e->kv, KV_CF_META, "i1", "1");
+	put(e->kv, KV_CF_META, "i2", "2");
+	put(e->kv, KV_CF_META, "i3", "3");
+	/* seek_first is call 1, the first next call 2: it fails. */
+	kv_fault_set(e->kv, KV_FAULT_ITER, 2, ENOMEM, false);
+	it = kv_iter_new(e->kv, KV_CF_META, "i", 1, "j", 1);
+	for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it))
+		seen++;
+	assert_int_equal(seen, 1);
+	assert_int_equal(kv_iter_status(it), -ENOMEM);
+	/* The iterator stays stopped, even with the fault spent. */
+	kv_iter_seek_first(it);
+	assert_false(kv_iter_valid(it));
+	assert_int_equal(kv_iter_status(it), -ENOMEM);
+	kv_iter_free(it);
+	assert_int_equal(kv_fault_calls(e->kv, &fired), 2);
+	assert_true(fired);
+
+	/* Creation is a READ, not an ITER call. */
+	kv_fault_set(e->kv, KV_FAULT_READ, 1, EIO, false);
+	it = kv_iter_new(e->kv, KV_CF_META, "i", 1, "j", 1);
+	kv_iter_seek_first(it);
+	assert_false(kv_iter_valid(it));
+	assert_int_equal(kv_iter_status(it), -EIO);
+	kv_iter_free(it);
+
+	/* kv_block_ref looks the block up: a READ. */
+	fill_text(block, 60);
+	kv_fault_set(e->kv, KV_FAULT_READ, 1, EIO, false);
+	assert_int_equal(kv_block_ref(e->kv, b, block, hash), -EIO);
+	kv_batch_free(b);
+	assert_int_equal(kv_fault_calls(e->kv, &fired), 1);
+	assert_true(fired);
+	kv_fault_set(e->kv, 0, 0, 0, false);
+}
+
+static void *fault_other_thread(void *arg)
+{
+	struct kv *kv = arg;
+	void *v;
+	size_t vlen;
+	intptr_t ret = kv_get(kv, KV_CF_META, "t", 1, &v, &vlen);
+
+	if (ret == 0)
+		free(v);
+	return (void *)ret;
+}
+
+/* KV_FAULT_THIS_THREAD: other threads neither count nor fail. */
+static void test_fault_this_thread(void **state)
+{
+	struct env *e = *state;
+	pthread_t th;
+	void *res;
+	void *v;
+	size_t vlen;
+
+	put(e->kv, KV_CF_META, "t", "1");
+	kv_fault_set(e->kv, KV_FAULT_READ | KV_FAULT_THIS_THREAD, 1, EIO,
+		     true);
+	assert_int_equal(pthread_create(&th, NULL, fault_other_thread, e->kv),
+			 0);
+	pthread_join(th, &res);
+	assert_int_equal((intptr_t)res, 0);
+	assert_int_equal(kv_fault_calls(e->kv, NULL), 0);
+	assert_int_equal(kv_get(e->kv, KV_CF_META, "t", 1, &v, &vlen), -EIO);
+	assert_int_equal(kv_fault_calls(e->kv, NULL), 1);
+	/* Without the flag the other thread takes the fault. */
+	kv_fault_set(e->kv, KV_FAULT_READ, 1, EIO, true);
+	assert_int_equal(pthread_create(&th, NULL, fault_other_thread, e->kv),
+			 0);
+	pthread_join(th, &res);
+	assert_int_equal((intptr_t)res, -EIO);
+	kv_fault_set(e->kv, 0, 0, 0, false);
+}
+
 /* ---- GC against writers ------------------------------------------------- */
 
 enum { GC_BLOCKS = 4, GC_WRITERS = 3, GC_ITERS = 3000 };
@@ -1265,6 +1351,8 @@ int main(void)
 		T(test_fault_write_releases_lock),
 		T(test_fault_read),
 		T(test_fault_sync),
+		T(test_fault_iter),
+		T(test_fault_this_thread),
 		T(test_gc_concurrent),
 		T(test_merge_lengths),
 		T(test_log_format),
