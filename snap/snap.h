@@ -62,6 +62,10 @@ enum snap_open_flags {
 	 * whose branch records or ancestry are damaged (those trees are left
 	 * out) so that the check can report them. */
 	SNAP_OPEN_CHECK = 1 << 1,
+	/* no background collector/pruner thread: space comes back only at
+	 * snap_prune / snap_gc / snap_close (deterministic tests, one-shot
+	 * commands) */
+	SNAP_OPEN_NO_BACKGROUND = 1 << 2,
 };
 
 /* ---- stores ---------------------------------------------------------- */

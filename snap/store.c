@@ -1021,8 +1021,10 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		if (ret < 0)
 			goto out_free;
 	}
-	if (!s->readonly && !s->checking) {
+	if (!s->readonly && !s->checking)
 		snap_reserve_take(s);
+	if (!s->readonly && !s->checking &&
+	    !(flags & SNAP_OPEN_NO_BACKGROUND)) {
 		ret = pthread_create(&s->gc_thread, NULL, gc_main, s);
 		if (ret) {
 			ret = -ret;
