@@ -768,6 +768,8 @@ int snap_prune(struct snap *s)
 			}
 			br->prune_needed = false;
 			ret = readers_of(s, br, &r, &n, &cut);
+			if (ret < 0)
+				br->prune_needed = true;
 			pthread_rwlock_unlock(&s->tree_lock);
 			if (ret < 0)
 				break;
