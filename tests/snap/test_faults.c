@@ -50,6 +50,7 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
+#include "snap/check.h"
 #include "snap/snap_int.h" /* s->kv: the kv handle to arm faults on */
 #include "snap_env.h"
 
@@ -243,6 +244,24 @@ static char *digest(struct snap *s)
 	if (!b.p)
 		bprintf(&b, "%s", "");
 	return b.p;
+}
+
+static void check_report(void *arg, const char *kind, const char *branch,
+			 const char *path, const char *detail)
+{
+	fprintf(stderr, "check: %s: %s %s: %s\n", kind, branch ? branch : "-",
+		path ? path : "-", detail);
+}
+
+/* snap_check() finds nothing wrong (@when says where we are). */
+static void check_clean(struct snap *s, const char *opname, const char *when)
+{
+	struct snap_check_stats st;
+	int ret = snap_check(s, 0, check_report, NULL, NULL, &st);
+
+	if (ret != 0)
+		fail_msg("%s: %s: snap_check returned %d (%llu problems)",
+			 opname, when, ret, (unsigned long long)st.problems);
 }
 
 /* Block statistics once everything prunable is pruned and collected. */
@@ -806,9 +825,11 @@ static ssize_t reference(const struct opdef *op, size_t len, bool run,
 	live = digest(c.s);
 	ctx_close(&c);
 	ctx_open(&c, G.ref);
+	check_clean(c.s, op->name, run ? "fault-free run" : "before");
 	*state = digest(c.s);
 	assert_string_equal(live, *state);
 	*settle = settled(c.s);
+	check_clean(c.s, op->name, "fault-free run, pruned");
 	ctx_close(&c);
 	free(live);
 	return ret;
@@ -849,6 +870,7 @@ static bool iteration(const struct opdef *op, struct refs *r, enum kind kind,
 	struct ctx c;
 	const char *st_ref = NULL, *settled_ref = NULL;
 	char *live, *after, *settle, *live_settle = NULL;
+	char when[128];
 	bool fired;
 	ssize_t ret;
 
@@ -900,7 +922,9 @@ static bool iteration(const struct opdef *op, struct refs *r, enum kind kind,
 	ctx_close(&c);
 
 	ctx_open(&c, G.work);
-	/* TODO(check): snap_check() on the reopened store */
+	snprintf(when, sizeof(when), "%s fault %lu (%s%s)", kind_name[kind],
+		 nth, strerror(err), persistent ? ", persistent" : "");
+	check_clean(c.s, op->name, when);
 	after = digest(c.s);
 	if (strcmp(live, after)) {
 		fprintf(stderr, "--- open store showed:\n%s--- reopened:\n%s",
@@ -943,6 +967,7 @@ static bool iteration(const struct opdef *op, struct refs *r, enum kind kind,
 		fail_msg("%s: returned %zd, fault-free %zd", op->name, ret,
 			 r->ret);
 	settle = settled(c.s);
+	check_clean(c.s, op->name, "after prune and gc");
 	if (strcmp(settle, settled_ref))
 		fail_msg("%s: %s fault %lu (%s%s): settled blocks \"%s\", "
 			 "expected \"%s\"", op->name, kind_name[kind], nth,
