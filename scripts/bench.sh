@@ -2,7 +2,8 @@
 # scripts/bench.sh - PostgreSQL on branchfs against PostgreSQL on a plain
 # directory of the host disk, side by side in one run (`make bench`).
 #
-# For each of (a) a plain directory and (b) a fresh branchfs store + mount:
+# For each of (a) a plain directory, (b) a fresh branchfs store + mount and
+# (c) the same with `mount --writeback` (kernel writeback cache):
 #   initdb --data-checksums           wall time
 #   pgbench -i -s $BENCH_SCALE        wall time
 #   pgbench -T $BENCH_SECS -c 4 -j 2  read-write (tpcb-like) TPS
@@ -19,7 +20,7 @@
 #   BENCH_SCALE  pgbench scale (20)
 #   BENCH_DIR    parent of the work directory, on the disk to compare with
 #                (default ${TMPDIR:-/tmp}); the store lives there too
-#   BENCH_ONLY   plain | branchfs: run one side only
+#   BENCH_ONLY   plain | branchfs | writeback: run one side only
 #   BENCH_OUT    markdown output (build/bench.md)
 # Needs root (mount, postgres runs as user postgres).
 set -euo pipefail
@@ -95,7 +96,7 @@ run_pg() {
 	pgl_log "$side: initdb ${R[$side.initdb]} s, pgbench -i ${R[$side.init]} s, rw ${R[$side.rw]} tps, ro ${R[$side.ro]} tps"
 }
 
-if [ "$ONLY" != branchfs ]; then
+if [ "$ONLY" != branchfs ] && [ "$ONLY" != writeback ]; then
 	mkdir -p "$W/plain"
 	chmod 755 "$W/plain"
 	run_pg plain "$W/plain/pgdata"
@@ -103,26 +104,34 @@ if [ "$ONLY" != branchfs ]; then
 	rm -rf "$W/plain"
 fi
 
-if [ "$ONLY" != plain ]; then
-	STORE=$W/store
-	MNT=$W/mnt
-	PGL_LOGS+=("$STORE/branchfs.log")
-	"$BRANCHFS" init "$STORE" >/dev/null || pgl_die "branchfs init"
-	pgl_mount "$STORE" "$MNT" || pgl_die "branchfs mount"
-	DAEMON=$(pgl_daemon_pid "$STORE") || DAEMON=
-	run_pg branchfs "$MNT/main/pgdata"
-	R[branchfs.hwm]=
-	[ -n "$DAEMON" ] && R[branchfs.hwm]=$(pgl_vmhwm_kb "$DAEMON")
-	timeout 60 "$BRANCHFS" stats "$STORE" >"$W/stats-mounted.txt" 2>&1 || true
-	pgl_umount "$MNT" || pgl_die "branchfs umount"
-	"$BRANCHFS" stats "$STORE" --json >"$W/stats.json" 2>"$W/stats.err" || {
+# run_bfs SIDE [MOUNT WORDS]: a fresh store and mount, the postgres part, sizes.
+run_bfs() {
+	local side=$1 store=$W/store-$1 mnt=$W/mnt-$1 daemon
+	shift
+	PGL_LOGS+=("$store/branchfs.log")
+	"$BRANCHFS" init "$store" >/dev/null || pgl_die "branchfs init"
+	BFS_MOUNT_OPTS="$*" pgl_mount "$store" "$mnt" || pgl_die "branchfs mount $*"
+	daemon=$(pgl_daemon_pid "$store") || daemon=
+	run_pg "$side" "$mnt/main/pgdata"
+	R[$side.hwm]=
+	[ -n "$daemon" ] && R[$side.hwm]=$(pgl_vmhwm_kb "$daemon")
+	pgl_umount "$mnt" || pgl_die "branchfs umount"
+	"$BRANCHFS" stats "$store" --json >"$W/stats-$side.json" 2>"$W/stats.err" || {
 		cat "$W/stats.err" >&2
 		pgl_log "branchfs stats --json failed"
 	}
-	R[branchfs.stored]=$(json_num stored_bytes <"$W/stats.json" || true)
-	R[branchfs.logical]=$(json_num logical_bytes <"$W/stats.json" || true)
-	R[branchfs.blocks]=$(json_num blocks <"$W/stats.json" || true)
-	R[branchfs.store_du]=$(du -sb "$STORE" | cut -f1)
+	R[$side.stored]=$(json_num stored_bytes <"$W/stats-$side.json" || true)
+	R[$side.logical]=$(json_num logical_bytes <"$W/stats-$side.json" || true)
+	R[$side.blocks]=$(json_num blocks <"$W/stats-$side.json" || true)
+	R[$side.store_du]=$(du -sb "$store" | cut -f1)
+	rm -rf "$store"
+}
+
+if [ "$ONLY" != plain ] && [ "$ONLY" != writeback ]; then
+	run_bfs branchfs
+fi
+if [ "$ONLY" != plain ] && [ "$ONLY" != branchfs ]; then
+	run_bfs writeback --writeback
 fi
 
 # ---------------------------------------------------------------------------
@@ -150,13 +159,25 @@ kib_mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'
 sec() { [ -n "$1" ] && echo "$1 s" || echo "n/a"; }
 tps() { [ -n "$1" ] && printf '%.0f' "$1" || echo "n/a"; }
 
-r_initdb=$(ratio "$(v branchfs.initdb)" "$(v plain.initdb)")
-r_init=$(ratio "$(v branchfs.init)" "$(v plain.init)")
-r_rw=$(ratio "$(v branchfs.rw)" "$(v plain.rw)")
-r_ro=$(ratio "$(v branchfs.ro)" "$(v plain.ro)")
-r_stored=$(ratio "$(v branchfs.stored)" "$(v plain.du)")
-r_storedu=$(ratio "$(v branchfs.store_du)" "$(v plain.du)")
-
+for x in branchfs writeback; do
+	for m in initdb init rw ro; do
+		R[$x.r_$m]=$(ratio "$(v $x.$m)" "$(v plain.$m)")
+	done
+	R[$x.r_stored]=$(ratio "$(v $x.stored)" "$(v plain.du)")
+	R[$x.r_store_du]=$(ratio "$(v $x.store_du)" "$(v plain.du)")
+done
+# row LABEL FMT KEY [OP LIMIT TARGET]: one table row, both branchfs sides
+row() {
+	local label=$1 fmt=$2 key=$3 op=${4:-} lim=${5:-} target=${6:-} pv rk x cells=""
+	pv=$(v "plain.$key")
+	[ "$key" = stored ] || [ "$key" = store_du ] && pv=$(v plain.du)
+	for x in branchfs writeback; do
+		rk=$(v "$x.r_$key")
+		cells="$cells | $($fmt "$(v "$x.$key")") | $rk"
+		[ -n "$op" ] && cells="$cells $(verdict "$rk" "$op" "$lim")"
+	done
+	echo "| $label | $($fmt "$pv")$cells | $target |"
+}
 fstype=$(findmnt -no FSTYPE -T "$W" 2>/dev/null || stat -f -c %T "$W" 2>/dev/null || echo "?")
 pgver=$("$PGBIN/postgres" --version | awk '{ print $3 }')
 bfver=$("$BRANCHFS" version 2>/dev/null | head -n 1 | sed "s/^branchfs //" || echo "?")
@@ -172,19 +193,20 @@ mkdir -p "$(dirname "$OUT")"
 	echo "\`${PGL_SETTINGS[*]}\`, initdb \`${INITDB_FLAGS[*]} -E UTF8 --no-locale\`;"
 	echo "pgbench \`-c $CLIENTS -j $JOBS -T $SECS\` (read-write tpcb-like, then \`-S\` select-only)."
 	echo
-	echo "| measure | plain dir | branchfs | branchfs/plain | target | |"
-	echo "|---|---:|---:|---:|---|---|"
-	echo "| initdb --data-checksums | $(sec "$(v plain.initdb)") | $(sec "$(v branchfs.initdb)") | $r_initdb | <= 3x | $(verdict "$r_initdb" "<=" 3) |"
-	echo "| pgbench -i -s $SCALE | $(sec "$(v plain.init)") | $(sec "$(v branchfs.init)") | $r_init | | |"
-	echo "| read-write TPS | $(tps "$(v plain.rw)") | $(tps "$(v branchfs.rw)") | $r_rw | >= 0.6x | $(verdict "$r_rw" ">=" 0.6) |"
-	echo "| select-only TPS | $(tps "$(v plain.ro)") | $(tps "$(v branchfs.ro)") | $r_ro | >= 0.7x | $(verdict "$r_ro" ">=" 0.7) |"
-	echo "| PGDATA size: du -sb vs stored_bytes | $(mib "$(v plain.du)") | $(mib "$(v branchfs.stored)") | $r_stored | <= 0.6x | $(verdict "$r_stored" "<=" 0.6) |"
-	echo "| PGDATA size: du -sb vs du -sb of the store | $(mib "$(v plain.du)") | $(mib "$(v branchfs.store_du)") | $r_storedu | <= 0.6x | $(verdict "$r_storedu" "<=" 0.6) |"
-	echo "| logical bytes (stats) | | $(mib "$(v branchfs.logical)") | | | |"
-	echo "| peak daemon memory (VmHWM) | | $(kib_mib "$(v branchfs.hwm)") | | | |"
+	echo "| measure | plain dir | branchfs | /plain | branchfs --writeback | /plain | target |"
+	echo "|---|---:|---:|---|---:|---|---|"
+	row "initdb --data-checksums" sec initdb "<=" 3 "<= 3x"
+	row "pgbench -i -s $SCALE" sec init
+	row "read-write TPS" tps rw ">=" 0.6 ">= 0.6x"
+	row "select-only TPS (right after read-write)" tps ro ">=" 0.7 ">= 0.7x"
+	row "PGDATA size: du -sb vs stored_bytes" mib stored "<=" 0.6 "<= 0.6x"
+	row "PGDATA size: du -sb vs du -sb of the store" mib store_du "<=" 0.6 "<= 0.6x"
+	echo "| logical bytes (stats) | | $(mib "$(v branchfs.logical)") | | $(mib "$(v writeback.logical)") | | |"
+	echo "| peak daemon memory (VmHWM) | | $(kib_mib "$(v branchfs.hwm)") | | $(kib_mib "$(v writeback.hwm)") | | |"
 	echo
 	echo "Plain PGDATA allocated on disk (du -sB1): $(mib "$(v plain.du_alloc)"). Sizes are taken after a"
-	echo "clean stop; the store size includes RocksDB's WAL and not yet compacted files."
+	echo "clean stop; the store size includes RocksDB's WAL, not yet compacted files and the 64 MiB"
+	echo "STORE/reserve file kept for deleting on a full disk."
 } >"$OUT"
 
 echo
