@@ -61,6 +61,27 @@ static uint64_t mono_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/*
+ * Delete and reset refuse a branch or snapshot with open files (-EBUSY).
+ * But the kernel sends FUSE RELEASE asynchronously: close(2) returns
+ * before the daemon has seen it, and a request in flight holds its tree
+ * for a moment too.  A script that writes a file on a branch and at once
+ * deletes the branch was refused about once in a hundred tries for a file
+ * it had closed.  So retry for up to BUSY_WAIT_US before answering -EBUSY:
+ * a file that is really open is still refused, only later.
+ */
+enum { BUSY_WAIT_US = 2 * 1000 * 1000, BUSY_POLL_NS = 5 * 1000 * 1000 };
+
+static bool busy_retry(int ret, uint64_t t0)
+{
+	struct timespec ts = { .tv_sec = 0, .tv_nsec = BUSY_POLL_NS };
+
+	if (ret != -EBUSY || mono_us() - t0 >= BUSY_WAIT_US)
+		return false;
+	nanosleep(&ts, NULL);
+	return true;
+}
+
 /* Display name of record @id: a live branch's name, or the name a branch
  * keeps across a reset (its old record is deleted but the name lives on),
  * else NULL ("(deleted)"). */
@@ -380,7 +401,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "snapshot-delete") && delete_args(argc, argv)) {
 		do
 			ret = snap_snapshot_delete(s, argv[1], force);
-		while (full_disk_retry(s, ret, &tries));
+		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
 		if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[1]);
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
@@ -398,14 +419,16 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "branch-delete") && delete_args(argc, argv)) {
 		do
 			ret = snap_branch_delete(s, argv[1], force);
-		while (full_disk_retry(s, ret, &tries));
+		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else if (!strcmp(cmd, "branch-reset") && argc >= 2) {
 		const char *to = argc >= 3 && strcmp(argv[2], "--force") ? argv[2]
 									  : NULL;
 
-		ret = snap_branch_reset(s, argv[1], to, force, &id);
+		do
+			ret = snap_branch_reset(s, argv[1], to, force, &id);
+		while (busy_retry(ret, t0));
 		if (ret == -EINVAL && !to)
 			outf(&o, "branch '%s' has no branch point; give --to "
 				 "SNAPSHOT\n", argv[1]);
