@@ -267,22 +267,66 @@ pgl_stop() {
 	pgl_as_pg "$PGBIN/pg_ctl" -D "$1" -w -t 300 -m "${2:-fast}" stop >/dev/null
 }
 
-# Kill -9 a postmaster and every process it started; wait until they are gone.
+# Shared memory mapped by the given processes, one "sysv SHMID" or "posix
+# PATH" per line: postgres's SysV interlock segment and its /dev/shm
+# dynamic shared memory segments (the main segment is anonymous and dies
+# with the processes).  A postgres killed with SIGKILL frees neither.
+pgl_pg_shm() {
+	local p
+	for p in "$@"; do
+		awk '$6 ~ /^\/SYSV[0-9a-fA-F]+$/ { print "sysv", $5 }
+		     $6 ~ /^\/dev\/shm\/PostgreSQL\./ { print "posix", $6 }' "/proc/$p/maps" 2>/dev/null
+	done | sort -u
+}
+
+# Free what pgl_pg_shm listed (on stdin), once its processes are gone.
+# Returns 1 if a segment is still there afterwards.
+pgl_pg_shm_free() {
+	local kind x left=0
+	while read -r kind x; do
+		case $kind in
+		sysv)
+			ipcrm -m "$x" 2>/dev/null || true
+			if ipcs -m | awk -v id="$x" '$2 == id { f = 1 } END { exit !f }'; then
+				pgl_log "SysV shared memory segment $x still present"
+				left=1
+			fi
+			;;
+		posix)
+			rm -f -- "$x"
+			[ ! -e "$x" ] || { pgl_log "$x still present"; left=1; }
+			;;
+		esac
+	done
+	return $left
+}
+
+# Kill -9 a postmaster and every process it started; wait until they are
+# gone, then free the shared memory they held.  Returns 1 if a process or
+# a segment is left.
 pgl_kill9_postmaster() {
-	local pm=$1 kids i
+	local pm=$1 kids i shm alive k
 	kill -0 "$pm" 2>/dev/null || return 0
+	kill -STOP "$pm" 2>/dev/null || true # no new backends from here on
 	kids=$(ps -o pid= --ppid "$pm" 2>/dev/null || true)
+	# shellcheck disable=SC2086
+	shm=$(pgl_pg_shm "$pm" $kids)
 	kill -9 "$pm" $kids 2>/dev/null || true
 	for i in $(seq 1 100); do
 		kill -0 "$pm" 2>/dev/null || break
 		sleep 0.1
 	done
 	for i in $(seq 1 100); do
-		local alive=0 k
+		alive=0
 		for k in $kids; do kill -0 "$k" 2>/dev/null && alive=1; done
 		[ $alive = 0 ] && break
 		sleep 0.1
 	done
+	if kill -0 "$pm" 2>/dev/null || [ $alive = 1 ]; then
+		pgl_log "postmaster $pm or one of its processes ($kids) survived kill -9"
+		return 1
+	fi
+	[ -z "$shm" ] || pgl_pg_shm_free <<<"$shm"
 }
 
 # Stop every server we started: immediate shutdown, then SIGKILL.
@@ -407,4 +451,74 @@ pgl_amcheck() {
 
 pgl_checksums() {
 	pgl_as_pg "$PGBIN/pg_checksums" --check -D "$1"
+}
+
+# ---------------------------------------------------------------------------
+# Crashes: acknowledged commits, killed daemons
+
+# pgl_ack_setup PORT SOCK: the table pgl_ack_client fills.
+pgl_ack_setup() {
+	pgl_psql "$1" "$2" -c "
+	create table acked (id bigserial primary key, client int not null, seq bigint not null,
+	                    pad text not null);
+	create index on acked (client, seq);"
+}
+
+# pgl_ack_client PORT SOCK CLIENT ROUND ACKFILE ERRFILE: one psql session
+# fed an endless stream of single-row INSERTs into `acked`.  In autocommit
+# mode psql prints the RETURNING id only once the server has answered, i.e.
+# after the commit (WAL flushed: synchronous_commit=on); stdout is line
+# buffered straight into ACKFILE, so ACKFILE holds acknowledged ids only.
+# Runs until killed or until the server goes away; run it in the background.
+pgl_ack_client() {
+	local port=$1 sock=$2 c=$3 round=$4 ack=$5 err=$6
+	set +e
+	seq 1 100000000 |
+		awk -v c="$c" -v r="$round" '{ printf "insert into acked (client, seq, pad) values (%d, %d, repeat(md5(%d::text), 4)) returning id;\n", c, r * 1000000000 + $1, $1 }' |
+		stdbuf -oL "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres \
+			-f - >>"$ack" 2>>"$err"
+}
+
+# pgl_ack_verify PORT SOCK TMPDIR ACKFILE...: every id in the ACKFILEs is in
+# table `acked`.  Prints "ACKNOWLEDGED PRESENT" (counts); on a missing id
+# lists up to 20 of them on stderr and returns 1.  Scratch files go to TMPDIR.
+pgl_ack_verify() {
+	local port=$1 sock=$2 dir=$3 f missing
+	shift 3
+	for f in "$@"; do
+		if grep -vqE '^[0-9]+$' "$f"; then
+			grep -vnE '^[0-9]+$' "$f" | head >&2
+			pgl_log "garbage in ack file $f"
+			return 1
+		fi
+	done
+	# comm needs the byte order of sort, not numeric order
+	cat -- "$@" | LC_ALL=C sort >"$dir/acked"
+	pgl_psql "$port" "$sock" -c "select id from acked" | LC_ALL=C sort >"$dir/present" || return 1
+	missing=$(LC_ALL=C comm -23 "$dir/acked" "$dir/present" | wc -l)
+	if [ "$missing" -ne 0 ]; then
+		LC_ALL=C comm -23 "$dir/acked" "$dir/present" | head -n 20 >&2
+		pgl_log "$missing of $(wc -l <"$dir/acked") acknowledged ids are missing"
+		return 1
+	fi
+	echo "$(wc -l <"$dir/acked") $(wc -l <"$dir/present")"
+}
+
+# pgl_kill9_daemon PID: kill -9 a branchfs daemon; wait until it is gone.
+pgl_kill9_daemon() {
+	local i
+	kill -9 "$1" 2>/dev/null || true # may be gone already
+	for i in $(seq 1 100); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	pgl_log "daemon $1 survived kill -9"
+	return 1
+}
+
+# pgl_umount_stale MNT: remove the mount a killed daemon left behind
+# ("Transport endpoint is not connected") with `branchfs umount`.
+pgl_umount_stale() {
+	"$BRANCHFS" umount "$1" || { pgl_log "branchfs umount of the stale mount $1 failed"; return 1; }
+	! pgl_is_mounted "$1" || { pgl_log "$1 still mounted after branchfs umount"; return 1; }
 }

@@ -40,24 +40,8 @@ pgl_initdb "$PGDATA" --data-checksums >"$W/initdb.log" 2>&1 || {
 	pgl_die "initdb"
 }
 pgl_start "$PGDATA" "$PORT" "$SOCK" "$PGLOG" || pgl_die "start postgres"
-pgl_psql "$PORT" "$SOCK" -c "
-	create table acked (id bigserial primary key, client int not null, seq bigint not null,
-	                    pad text not null);
-	create index on acked (client, seq);
-	create table churn (g int, pad text);" || pgl_die "create tables"
-
-# One psql session per client, fed an endless stream of single-row INSERTs.
-# In autocommit mode psql prints the RETURNING id only once the server has
-# answered, i.e. after the commit (WAL flushed: synchronous_commit=on).
-# stdout is line buffered straight into the ack file.
-client() {
-	local c=$1 round=$2
-	set +e
-	seq 1 100000000 |
-		awk -v c="$c" -v r="$round" '{ printf "insert into acked (client, seq, pad) values (%d, %d, repeat(md5(%d::text), 4)) returning id;\n", c, r * 1000000000 + $1, $1 }' |
-		stdbuf -oL "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres \
-			-f - >>"$W/ack.$c" 2>>"$W/client.$c.err"
-}
+pgl_ack_setup "$PORT" "$SOCK" || pgl_die "create table acked"
+pgl_psql "$PORT" "$SOCK" -c "create table churn (g int, pad text)" || pgl_die "create table churn"
 
 churn() {
 	set +e
@@ -76,7 +60,7 @@ for round in $(seq 1 "$ROUNDS"); do
 	PM=$(pgl_postmaster_pid "$PGDATA") || pgl_die "no postmaster pid"
 	pids=()
 	for c in $(seq 1 "$CLIENTS"); do
-		client "$c" "$round" &
+		pgl_ack_client "$PORT" "$SOCK" "$c" "$round" "$W/ack.$c" "$W/client.$c.err" &
 		pids+=($!)
 	done
 	churn &
@@ -102,9 +86,8 @@ for round in $(seq 1 "$ROUNDS"); do
 		done
 	done
 	pgl_log "round $round: $n commits acknowledged in ${el}s; kill -9 daemon $DAEMON"
-	kill -9 "$DAEMON"
-	sleep 0.5
-	pgl_kill9_postmaster "$PM"
+	pgl_kill9_daemon "$DAEMON" || pgl_die "kill -9 of the daemon"
+	pgl_kill9_postmaster "$PM" || pgl_die "postgres on the dead mount not stopped or its shared memory not freed"
 	for p in "${pids[@]}"; do
 		for i in $(seq 1 100); do
 			kill -0 "$p" 2>/dev/null || break
@@ -113,37 +96,19 @@ for round in $(seq 1 "$ROUNDS"); do
 		pgl_kill_tree "$p"
 		wait "$p" 2>/dev/null || true
 	done
-	for i in $(seq 1 50); do
-		kill -0 "$DAEMON" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -0 "$DAEMON" 2>/dev/null && pgl_die "daemon $DAEMON survived kill -9"
 
 	# The mount is now stale ("Transport endpoint is not connected").
 	ls "$MNT" >/dev/null 2>&1 && pgl_log "note: $MNT still answers after the daemon died"
-	"$BRANCHFS" umount "$MNT" || pgl_die "branchfs umount of the stale mount failed"
-	pgl_is_mounted "$MNT" && pgl_die "$MNT still mounted after branchfs umount"
+	pgl_umount_stale "$MNT" || pgl_die "stale mount"
 	pgl_mount "$STORE" "$MNT" || pgl_die "mount after the crash"
 
 	t=$(pgl_now)
 	pgl_start "$PGDATA" "$PORT" "$SOCK" "$PGLOG" || pgl_die "postgres did not recover"
 	pgl_log "round $round: postgres recovered in $(pgl_elapsed "$t") s"
 
-	for f in "$W"/ack.*; do
-		if grep -vqE '^[0-9]+$' "$f"; then
-			grep -vnE '^[0-9]+$' "$f" | head >&2
-			pgl_die "garbage in ack file $f"
-		fi
-	done
-	# comm needs the byte order of sort, not numeric order
-	cat "$W"/ack.* | LC_ALL=C sort >"$W/acked"
-	pgl_psql "$PORT" "$SOCK" -c "select id from acked" | LC_ALL=C sort >"$W/present"
-	missing=$(LC_ALL=C comm -23 "$W/acked" "$W/present" | wc -l)
-	if [ "$missing" -ne 0 ]; then
-		LC_ALL=C comm -23 "$W/acked" "$W/present" | head -n 20 >&2
-		pgl_die "round $round: $missing of $(wc -l <"$W/acked") acknowledged ids are missing after recovery"
-	fi
-	pgl_log "round $round: all $(wc -l <"$W/acked") acknowledged ids present ($(wc -l <"$W/present") rows)"
+	counts=$(pgl_ack_verify "$PORT" "$SOCK" "$W" "$W"/ack.*) ||
+		pgl_die "round $round: acknowledged ids missing after recovery"
+	pgl_log "round $round: all ${counts% *} acknowledged ids present (${counts#* } rows)"
 done
 
 pgl_amcheck "$PORT" "$SOCK" || pgl_die "amcheck after crash recovery"

@@ -55,9 +55,8 @@ kill -0 "$BENCH" 2>/dev/null || {
 	pgl_die "pgbench stopped before the crash"
 }
 pgl_log "kill -9 daemon $DAEMON under pgbench"
-kill -9 "$DAEMON"
-sleep 0.5
-pgl_kill9_postmaster "$PM"
+pgl_kill9_daemon "$DAEMON" || pgl_die "kill -9 of the daemon"
+pgl_kill9_postmaster "$PM" || pgl_die "postgres on the dead mount not stopped or its shared memory not freed"
 for i in $(seq 1 100); do
 	kill -0 "$BENCH" 2>/dev/null || break
 	sleep 0.1
@@ -65,8 +64,7 @@ done
 pgl_kill_tree "$BENCH"
 wait "$BENCH" 2>/dev/null || true
 
-"$BRANCHFS" umount "$MNT" || pgl_die "branchfs umount of the stale mount failed"
-pgl_is_mounted "$MNT" && pgl_die "$MNT still mounted after branchfs umount"
+pgl_umount_stale "$MNT" || pgl_die "stale mount"
 pgl_mount "$STORE" "$MNT" || pgl_die "mount after the crash"
 t=$(pgl_now)
 pgl_start "$PGDATA" "$PORT" "$SOCK" "$PGLOG" || pgl_die "postgres did not recover"
