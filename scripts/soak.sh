@@ -22,7 +22,7 @@
 #   SOAK_KEEP     extra branches (and snapshots) kept alive at once (4)
 #   SOAK_DIR      parent of the work directory (default ${TMPDIR:-/tmp})
 #   SOAK_OUT      markdown summary (build/soak.md)
-# Needs root (mount, postgres runs as user postgres).  Ports 56300-56399.
+# Needs root (mount, postgres runs as user postgres).  Ports 56700-56799.
 set -euo pipefail
 . "$(dirname "$0")/pg-lib.sh"
 
@@ -68,16 +68,16 @@ soak_cleanup() {
 trap soak_cleanup EXIT
 
 declare -A PORT=()
-# new_port VAR: a free port in 56300-56399 not used by this run yet.
+# new_port VAR: a free port in 56700-56799 not used by this run yet.
 new_port() {
 	local p i
 	for i in $(seq 1 50); do
-		p=$(pgl_free_port 56300 100) || break
+		p=$(pgl_free_port 56700 100) || break
 		case " ${PORT[*]} " in *" $p "*) continue ;; esac
 		printf -v "$1" %s "$p"
 		return 0
 	done
-	pgl_die "no free port in 56300-56399"
+	pgl_die "no free port in 56700-56799"
 }
 bench() {
 	local port=$1

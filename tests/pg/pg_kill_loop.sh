@@ -28,7 +28,7 @@
 # Knobs: PG_KILL_ROUNDS (20), PG_KILL_SEED (random; printed, reuse it to
 # replay the same kill delays), PG_KILL_MIN_MS / PG_KILL_MAX_MS (kill delay
 # after the load starts: 500 / 4000), PG_SCALE (pgbench scale, 1).
-# Ports 56100-56199.  Exit 0 = pass, 1 = fail, 77 = skip.
+# Ports 56600-56699.  Exit 0 = pass, 1 = fail, 77 = skip.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ -f "$HERE/../e2e/lib.sh" ]; then
@@ -54,16 +54,16 @@ export BRANCHFS_STORE=$STORE
 pgl_log "seed $SEED (PG_KILL_SEED=$SEED replays the kill delays), $ROUNDS rounds"
 
 declare -A PORT=()
-# new_port VAR: a free port in 56100-56199 that this test does not use yet.
+# new_port VAR: a free port in 56600-56699 that this test does not use yet.
 new_port() {
 	local p i
 	for i in $(seq 1 50); do
-		p=$(pgl_free_port 56100 100) || break
+		p=$(pgl_free_port 56600 100) || break
 		case " ${PORT[*]} " in *" $p "*) continue ;; esac
 		printf -v "$1" %s "$p"
 		return 0
 	done
-	pgl_die "no free port in 56100-56199"
+	pgl_die "no free port in 56600-56699"
 }
 new_port 'PORT[main]'
 new_port 'PORT[side]'
