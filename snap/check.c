@@ -50,6 +50,9 @@ struct unknown_id {
 	bool named; /* some record names it as parent or origin */
 };
 
+struct ck;
+static struct unknown_id *unknown(struct ck *c, uint32_t id);
+
 /* ---- referenced blocks ------------------------------------------------- */
 
 enum {
@@ -483,8 +486,16 @@ static int pass_records(struct ck *c)
 			struct rec r, *nr;
 
 			if (!rec_decode(c, bfs_get_u32(k + 1),
-					k[0] == BFS_PFX_SNAPSHOT, v, vl, &r))
+					k[0] == BFS_PFX_SNAPSHOT, v, vl, &r)) {
+				/* Reported by rec_decode.  Its keys are not
+				 * "unreachable": --repair must never delete a
+				 * branch because its record is damaged. */
+				struct unknown_id *u = unknown(c, bfs_get_u32(k + 1));
+
+				if (u)
+					u->named = true;
 				continue;
+			}
 			nr = realloc(c->recs, sizeof(*nr) * (c->nrecs + 1));
 			if (!nr) {
 				kv_iter_free(it);

@@ -704,6 +704,51 @@ static void test_broken_parent(void **state)
 	probs_free(&ps);
 }
 
+/* Number of metadata keys of branch id @b. */
+static size_t keys_of(struct fx *x, uint32_t b)
+{
+	struct kv_iter *it = kv_iter_new(KV(x), KV_CF_META, NULL, 0, NULL, 0);
+	size_t n = 0;
+
+	assert_non_null(it);
+	for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
+		size_t kl;
+		const uint8_t *k = kv_iter_key(it, &kl);
+
+		if (kl >= 5 && bfs_get_u32(k + 1) == b)
+			n++;
+	}
+	kv_iter_free(it);
+	return n;
+}
+
+/* A leaf branch whose record is damaged: reported, and --repair leaves its
+ * keys (and the blocks they reference) alone instead of dropping them as
+ * the keys of an unknown id. */
+static void test_damaged_record_kept(void **state)
+{
+	struct fx *x = *state;
+	struct probs ps = { 0 };
+	uint8_t p[5], k[16], v[512];
+	size_t kl, vl, before;
+
+	before = keys_of(x, x->b2);
+	assert_true(before > 0);
+	p[0] = BFS_PFX_BRANCH;
+	bfs_put_u32(p + 1, x->b2);
+	newest(x, KV_CF_SYS, p, 5, k, &kl, v, &vl);
+	put(x, KV_CF_SYS, k, kl, v, 1); /* truncated record */
+	reopen(x);
+	assert_int_equal(run(x, 0, &ps, NULL), 1);
+	assert_int_equal(run(x, SNAP_CHECK_REPAIR, &ps, NULL), 1);
+	reopen(x);
+	assert_int_equal(keys_of(x, x->b2), before);
+	assert_int_equal(run(x, 0, &ps, NULL), 1);
+	for (int i = 0; i < ps.n; i++) /* no data went missing */
+		assert_true(strcmp(ps.p[i].kind, "block-missing") != 0);
+	probs_free(&ps);
+}
+
 /* Keys of a branch id without a record, that no tree reads: unreachable
  * (a pruner that died between its last key batch and the record would
  * leave the opposite; this is what a lost record looks like). */
@@ -754,6 +799,7 @@ int main(void)
 		T_(test_bad_format),
 		T_(test_broken_parent),
 		T_(test_unreachable_keys),
+		T_(test_damaged_record_kept),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
