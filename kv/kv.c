@@ -591,9 +591,34 @@ static rocksdb_writebatch_t *kv_batch_build(struct kv *kv, struct kv_batch *b)
 	return wb;
 }
 
+static int wal_err_get(struct kv *kv)
+{
+	return -(int)(uint32_t)atomic_load(&kv->wal_err);
+}
+
+/* Record -@err as the WAL error, with a new generation. */
+static void wal_err_set(struct kv *kv, int err)
+{
+	uint64_t old = atomic_load(&kv->wal_err), new;
+
+	do
+		new = ((old >> 32) + 1) << 32 | (uint32_t)-err;
+	while (!atomic_compare_exchange_weak(&kv->wal_err, &old, new));
+}
+
+/* A commit that read @seen before it started succeeded: clear the error if
+ * no failure was recorded since. */
+static void wal_err_clear(struct kv *kv, uint64_t seen)
+{
+	if ((uint32_t)seen)
+		atomic_compare_exchange_strong(&kv->wal_err, &seen,
+					       seen >> 32 << 32);
+}
+
 int kv_commit(struct kv *kv, struct kv_batch *b)
 {
 	char *err = NULL;
+	uint64_t seen;
 	int ret;
 
 	ret = kv_fault_check(kv, KV_FAULT_WRITE);
@@ -616,6 +641,7 @@ int kv_commit(struct kv *kv, struct kv_batch *b)
 	if (b->count == 0)
 		goto out_reset;
 
+	seen = atomic_load(&kv->wal_err);
 	rocksdb_write(kv->db, kv->wopts, kv_batch_build(kv, b), &err);
 	rocksdb_writebatch_clear(b->wb);
 	if (err) {
@@ -632,10 +658,10 @@ int kv_commit(struct kv *kv, struct kv_batch *b)
 		 */
 		if (ret != -ENOSPC)
 			atomic_store(&kv->poisoned, true);
-		atomic_store(&kv->wal_err, ret);
+		wal_err_set(kv, ret);
 		goto out_reset;
 	}
-	atomic_store(&kv->wal_err, 0);
+	wal_err_clear(kv, seen);
 	atomic_fetch_add(&kv->committed, 1);
 out_reset:
 	kv_batch_reset(b);
@@ -662,7 +688,7 @@ int kv_sync(struct kv *kv)
 		return ret;
 	if (kv->readonly)
 		return 0;
-	ret = atomic_load(&kv->wal_err);
+	ret = wal_err_get(kv);
 	if (ret)
 		return ret;
 
@@ -694,7 +720,14 @@ int kv_sync(struct kv *kv)
 		atomic_fetch_add(&kv->nsyncs, 1);
 		if (err) {
 			ret = kv_rocks_errno("sync", err);
-			atomic_store(&kv->wal_err, ret);
+			/* After a failed fsync the kernel may have dropped the
+			 * pages it could not write: a later sync that succeeds
+			 * proves nothing about them.  Refuse writes until the
+			 * store is reopened (RocksDB replays what did reach
+			 * the disk), except on a full disk (see kv_commit). */
+			if (ret != -ENOSPC)
+				atomic_store(&kv->poisoned, true);
+			wal_err_set(kv, ret);
 		}
 
 		pthread_mutex_lock(&kv->sync_lock);

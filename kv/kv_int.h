@@ -59,8 +59,11 @@ struct kv {
 	 * succeeds again (RocksDB took it: it has recovered, on a new WAL).
 	 * Meanwhile the WAL writer may hold the error, and syncing it trips an
 	 * assertion in RocksDB 7.8 (fixed upstream in PR 12448): kv_sync()
-	 * returns this instead. */
-	atomic_int wal_err;
+	 * returns this instead.  Kept as (generation << 32 | (uint32_t)-errno)
+	 * so that a commit that raced with the failure (it started before and
+	 * succeeded) cannot clear it: only a commit that began after the
+	 * latest failure does (wal_err_clear). */
+	atomic_uint_least64_t wal_err;
 
 	/*
 	 * The block lock.  Batches that reference or unreference blocks hold
