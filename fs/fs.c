@@ -356,7 +356,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t node, struct stat *attr,
 		snap_tree_put(t);
 	}
 	if (ret == -ENOENT && fs->writeback_on &&
-	    !(set & ~(SNAP_SET_MTIME | SNAP_SET_CTIME | SNAP_SET_ATIME))) {
+	    set == (SNAP_SET_MTIME | SNAP_SET_CTIME)) {
 		/*
 		 * With the writeback cache the kernel writes a regular file's
 		 * cached times back when it evicts the inode, which for an

@@ -372,6 +372,16 @@ static bool full_disk_retry(struct snap *s, int ret, int *tries)
 	return true;
 }
 
+/* A delete that failed with ENOSPC only in its final sync is already
+ * published: the retry then finds nothing to delete.  That is success once
+ * a sync makes it durable. */
+static int deleted_before_retry(struct snap *s, int ret, int tries)
+{
+	if (ret == -ENOENT && tries > 0)
+		return snap_sync(s);
+	return ret;
+}
+
 /* "X-delete NAME [--force]": anything else is malformed (a request with
  * stray words must not delete what its first word names). */
 static bool delete_args(int argc, char **argv)
@@ -402,6 +412,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		do
 			ret = snap_snapshot_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
+		ret = deleted_before_retry(s, ret, tries);
 		if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[1]);
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
@@ -420,6 +431,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		do
 			ret = snap_branch_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
+		ret = deleted_before_retry(s, ret, tries);
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else if (!strcmp(cmd, "branch-reset") && argc >= 2) {

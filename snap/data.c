@@ -87,10 +87,6 @@ static void bmap_key_bounds(uint8_t *lo, uint8_t *hi, uint32_t b, uint64_t ino,
 }
 
 /*
- * The visible block-map entries of @ino for blocks [first, last), sorted by
- * block, one per block (holes without any version are absent).
- */
-/*
  * Fast path of a one-block write: the exact key (level 0, op epoch), which
  * shadows every older version and every ancestor.  Whether an older version
  * exists is not known here, so the entry says `below`: the conservative
@@ -130,6 +126,10 @@ static int bmap_exact(struct op *op, uint64_t ino, uint64_t blk,
 	return ret < 0 ? ret : 1;
 }
 
+/*
+ * The visible block-map entries of @ino for blocks [first, last), sorted by
+ * block, one per block (holes without any version are absent).
+ */
 static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		     uint64_t last, struct bvec *out)
 {
