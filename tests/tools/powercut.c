@@ -816,7 +816,9 @@ static int cmd_cut(const char *store, const char *baseline, const char *journal,
 			snprintf(path, sizeof(path), "%s/%s/%s", store, d->rel, w->name);
 			if (link(gp, path) < 0)
 				die(1, "durable file %s (inode %llu) cannot be brought "
-				       "back from %s: %s", path, (unsigned long long)w->ino,
+				       "back from %s: %s (a process without the shim "
+				       "removed it: was the store opened after the "
+				       "cut?)", path, (unsigned long long)w->ino,
 				       gp, strerror(errno));
 			restored++;
 			if (verbose)
