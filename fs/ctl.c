@@ -143,7 +143,8 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 		char *text = NULL;
 		int ret;
 
-		wb_flush(fs, argv[0]);
+		if (argc > 0)
+			wb_flush(fs, argv[0]);
 		ret = snap_command(fs->s, argc, argv, &text);
 
 		if (text)
