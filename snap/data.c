@@ -57,6 +57,17 @@ static int bvec_push(struct bvec *v, const struct bent *e)
 	return 0;
 }
 
+/* Fill @be's live/hash from a block-map value (a hash, or empty: a hole). */
+static void bent_value(struct bent *be, uint64_t ino, const void *v, size_t vl)
+{
+	be->live = vl == BFS_HASH_SIZE;
+	if (be->live)
+		memcpy(be->hash, v, BFS_HASH_SIZE);
+	else if (vl != 0)
+		kv_log("block map of inode %llu block %llu: bad value",
+		       (unsigned long long)ino, (unsigned long long)be->blk);
+}
+
 static int bent_cmp(const void *a, const void *b)
 {
 	const struct bent *x = a, *y = b;
@@ -97,31 +108,23 @@ static void bmap_key_bounds(uint8_t *lo, uint8_t *hi, uint32_t b, uint64_t ino,
 static int bmap_exact(struct op *op, uint64_t ino, uint64_t blk,
 		      struct bvec *out)
 {
-	uint8_t obj[16], k[SNAP_KEY_MAX];
+	uint8_t obj[16];
 	struct bent be = { 0 };
-	void *v = NULL;
-	size_t kl, vl;
+	struct vres r;
 	int ret;
 
 	bfs_put_u64(obj, ino);
 	bfs_put_u64(obj + 8, blk);
-	kl = mkkey(k, BFS_PFX_BMAP, op_branch(op), obj, 16, op->e0);
-	ret = kv_get(op->kv, KV_CF_META, k, kl, &v, &vl);
-	if (ret == -ENOENT)
-		return 0;
-	if (ret < 0)
+	memset(&r, 0, sizeof(r));
+	ret = level0_exact(op, BFS_PFX_BMAP, obj, 16, &r);
+	if (ret <= 0)
 		return ret;
 	be.blk = blk;
 	be.level = 0;
 	be.epoch = op->e0;
 	be.below = true;
-	be.live = vl == BFS_HASH_SIZE;
-	if (be.live)
-		memcpy(be.hash, v, BFS_HASH_SIZE);
-	else if (vl != 0)
-		kv_log("block map of inode %llu block %llu: bad value",
-		       (unsigned long long)ino, (unsigned long long)blk);
-	free(v);
+	bent_value(&be, ino, r.val, r.vlen);
+	free(r.val);
 	ret = bvec_push(out, &be);
 	return ret < 0 ? ret : 1;
 }
@@ -174,13 +177,7 @@ static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 			lastblk = be.blk;
 			be.level = l;
 			be.epoch = ve;
-			be.live = vl == BFS_HASH_SIZE;
-			if (be.live)
-				memcpy(be.hash, v, BFS_HASH_SIZE);
-			else if (vl != 0)
-				kv_log("block map of inode %llu block %llu: bad value",
-				       (unsigned long long)ino,
-				       (unsigned long long)be.blk);
+			bent_value(&be, ino, v, vl);
 			ret = bvec_push(&all, &be);
 			if (ret < 0)
 				break;

@@ -169,6 +169,13 @@ struct vres {
  */
 int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 	 uint64_t maxe, struct vres *r);
+/*
+ * Write ops' fast path: the exact key (level 0, op epoch), which shadows
+ * every older version and ancestor.  1 found (*r filled as by vget), 0 not
+ * there, -errno.
+ */
+int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
+		 struct vres *r);
 /* True if a live version exists below (level 0, op epoch). */
 int vhas_older(struct op *op, char pfx, const void *obj, size_t olen);
 /*
@@ -235,6 +242,19 @@ static inline bool reads_via_origin(const struct snap_branch *c, uint32_t id)
  * ASCII byte counts as 1), or 0 if it is not one (branch.c). */
 size_t utf8_char(const unsigned char *p, size_t n);
 size_t branch_encode(const struct snap_branch *br, uint8_t *v);
+/* The fields of a branch or snapshot record value (kv/format.h). */
+struct rec_fields {
+	uint8_t flags;
+	uint32_t parent_id, origin_id;
+	uint64_t parent_epoch, epoch, created_ns, origin_epoch;
+	size_t name_len;
+	char name[SNAP_NAME_MAX + 1];
+};
+/* The one decoder of that layout: 0, REC_BAD_HEADER (short or unknown
+ * version) or REC_BAD_NAME (name length does not fit; f->name_len holds
+ * it).  Neither logs: callers word the report. */
+enum { REC_BAD_HEADER = 1, REC_BAD_NAME = 2 };
+int rec_parse(const uint8_t *v, size_t vl, struct rec_fields *f);
 struct snap_branch *branch_new(void);
 void branch_free(struct snap_branch *br);
 void branch_key(uint8_t *k, const struct snap_branch *br);

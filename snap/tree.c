@@ -108,8 +108,8 @@ out:
  * object's stripe lock, so no other op changes it between this read and the
  * caller's commit.  Returns 1 found, 0 not there (use the iterator), -errno.
  */
-static int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
-			struct vres *r)
+int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
+		 struct vres *r)
 {
 	uint8_t k[SNAP_KEY_MAX];
 	size_t kl = mkkey(k, pfx, op_branch(op), obj, olen, op->e0);
