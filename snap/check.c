@@ -349,40 +349,40 @@ static bool rec_decode(struct ck *c, uint32_t id, bool snap, const uint8_t *v,
 		       size_t vl, struct rec *r)
 {
 	const char *what = snap ? "snapshot" : "branch";
+	struct rec_fields f;
 	size_t nl;
 
 	memset(r, 0, sizeof(*r));
 	r->id = id;
 	r->snap = snap;
-	if (vl < BFS_REC_HDR_SIZE || v[0] != BFS_REC_VERSION) {
+	switch (rec_parse(v, vl, &f)) {
+	case REC_BAD_HEADER:
 		problem(c, "record", NULL, NULL, false,
 			"%s record %u: %zu bytes, version %u: damaged", what, id,
 			vl, vl ? v[0] : 0);
 		return false;
-	}
-	nl = bfs_get_u16(v + 30);
-	if (nl > SNAP_NAME_MAX || vl != BFS_REC_HDR_SIZE + nl + 12) {
+	case REC_BAD_NAME:
 		problem(c, "record", NULL, NULL, false,
 			"%s record %u: name length %zu in a record of %zu bytes: "
-			"damaged", what, id, nl, vl);
+			"damaged", what, id, f.name_len, vl);
 		return false;
 	}
-	memcpy(r->name, v + BFS_REC_HDR_SIZE, nl);
-	r->name[nl] = 0;
-	r->deleted = v[1] & BFS_BRANCH_DELETED;
-	r->parent = bfs_get_u32(v + 2);
-	r->pepoch = bfs_get_u64(v + 6);
-	r->epoch = bfs_get_u64(v + 14);
-	r->origin = bfs_get_u32(v + BFS_REC_HDR_SIZE + nl);
-	r->oepoch = bfs_get_u64(v + BFS_REC_HDR_SIZE + nl + 4);
+	nl = f.name_len;
+	memcpy(r->name, f.name, nl + 1);
+	r->deleted = f.flags & BFS_BRANCH_DELETED;
+	r->parent = f.parent_id;
+	r->pepoch = f.parent_epoch;
+	r->epoch = f.epoch;
+	r->origin = f.origin_id;
+	r->oepoch = f.origin_epoch;
 	if (r->deleted)
 		snprintf(r->label, sizeof(r->label), "%s (deleted, id %u)",
 			 r->name, id);
 	else
 		snprintf(r->label, sizeof(r->label), "%s", r->name);
-	if (v[1] & ~BFS_BRANCH_DELETED)
+	if (f.flags & ~BFS_BRANCH_DELETED)
 		problem(c, "record", r->label, NULL, false,
-			"%s record %u: unknown flags 0x%02x", what, id, v[1]);
+			"%s record %u: unknown flags 0x%02x", what, id, f.flags);
 	if (snap && r->deleted)
 		problem(c, "record", r->label, NULL, false,
 			"snapshot record %u is marked deleted (deleted snapshots "

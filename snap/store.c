@@ -84,36 +84,54 @@ void branch_free(struct snap_branch *br)
 	free(br);
 }
 
+int rec_parse(const uint8_t *v, size_t vl, struct rec_fields *f)
+{
+	size_t nl;
+
+	memset(f, 0, sizeof(*f));
+	if (vl < BFS_REC_HDR_SIZE || v[0] != BFS_REC_VERSION)
+		return REC_BAD_HEADER;
+	nl = f->name_len = bfs_get_u16(v + 30);
+	if (nl > SNAP_NAME_MAX || vl != BFS_REC_HDR_SIZE + nl + 12)
+		return REC_BAD_NAME;
+	f->flags = v[1];
+	f->parent_id = bfs_get_u32(v + 2);
+	f->parent_epoch = bfs_get_u64(v + 6);
+	f->epoch = bfs_get_u64(v + 14);
+	f->created_ns = bfs_get_u64(v + 22);
+	memcpy(f->name, v + BFS_REC_HDR_SIZE, nl);
+	f->name[nl] = 0;
+	f->origin_id = bfs_get_u32(v + BFS_REC_HDR_SIZE + nl);
+	f->origin_epoch = bfs_get_u64(v + BFS_REC_HDR_SIZE + nl + 4);
+	return 0;
+}
+
 static int branch_decode(uint32_t id, bool snapshot, const uint8_t *v,
 			 size_t vl, struct snap_branch **out)
 {
 	struct snap_branch *br;
-	size_t nl;
+	struct rec_fields f;
 
-	if (vl < BFS_REC_HDR_SIZE || v[0] != BFS_REC_VERSION)
-		goto bad;
-	nl = bfs_get_u16(v + 30);
-	if (nl > SNAP_NAME_MAX || vl != BFS_REC_HDR_SIZE + nl + 12)
-		goto bad;
+	if (rec_parse(v, vl, &f) != 0) {
+		kv_log("%s record %u is damaged",
+		       snapshot ? "snapshot" : "branch", id);
+		return -EIO;
+	}
 	br = branch_new();
 	if (!br)
 		return -ENOMEM;
 	br->id = id;
 	br->is_snapshot = snapshot;
-	br->deleted = v[1] & BFS_BRANCH_DELETED;
-	br->parent_id = bfs_get_u32(v + 2);
-	br->parent_epoch = bfs_get_u64(v + 6);
-	atomic_store(&br->epoch, bfs_get_u64(v + 14));
-	br->created_ns = bfs_get_u64(v + 22);
-	memcpy(br->name, v + BFS_REC_HDR_SIZE, nl);
-	br->name[nl] = 0;
-	br->origin_id = bfs_get_u32(v + BFS_REC_HDR_SIZE + nl);
-	br->origin_epoch = bfs_get_u64(v + BFS_REC_HDR_SIZE + nl + 4);
+	br->deleted = f.flags & BFS_BRANCH_DELETED;
+	br->parent_id = f.parent_id;
+	br->parent_epoch = f.parent_epoch;
+	atomic_store(&br->epoch, f.epoch);
+	br->created_ns = f.created_ns;
+	memcpy(br->name, f.name, f.name_len + 1);
+	br->origin_id = f.origin_id;
+	br->origin_epoch = f.origin_epoch;
 	*out = br;
 	return 0;
-bad:
-	kv_log("%s record %u is damaged", snapshot ? "snapshot" : "branch", id);
-	return -EIO;
 }
 
 void branch_key(uint8_t *k, const struct snap_branch *br)
