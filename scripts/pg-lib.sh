@@ -127,6 +127,23 @@ pgl_free_port() {
 	return 1
 }
 
+# pgl_new_port VAR BASE SPAN: a free port in BASE..BASE+SPAN-1 that no
+# earlier pgl_new_port of this shell returned, assigned to VAR (which may
+# name an array element: 'PORT[main]').  Call it directly, not in $(...),
+# or it cannot remember.  Dies when none is found.
+PGL_PORTS_USED=()
+pgl_new_port() {
+	local p i
+	for i in $(seq 1 50); do
+		p=$(pgl_free_port "$2" "$3") || break
+		case " ${PGL_PORTS_USED[*]} " in *" $p "*) continue ;; esac
+		PGL_PORTS_USED+=("$p")
+		printf -v "$1" %s "$p"
+		return 0
+	done
+	pgl_die "no free port in $2-$(($2 + $3 - 1))"
+}
+
 pgl_now() { date +%s.%N; }
 pgl_elapsed() { awk -v a="$1" -v b="$(pgl_now)" 'BEGIN { printf "%.3f", b - a }'; }
 

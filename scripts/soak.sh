@@ -68,17 +68,7 @@ soak_cleanup() {
 trap soak_cleanup EXIT
 
 declare -A PORT=()
-# new_port VAR: a free port in 56700-56799 not used by this run yet.
-new_port() {
-	local p i
-	for i in $(seq 1 50); do
-		p=$(pgl_free_port 56700 100) || break
-		case " ${PORT[*]} " in *" $p "*) continue ;; esac
-		printf -v "$1" %s "$p"
-		return 0
-	done
-	pgl_die "no free port in 56700-56799"
-}
+new_port() { pgl_new_port "$1" 56700 100; }
 bench() {
 	local port=$1
 	shift

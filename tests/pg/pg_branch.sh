@@ -33,10 +33,9 @@ MNT=$W/mnt
 SOCK=$W/sock
 PGDATA=$MNT/main/pgdata
 pgl_pgdir "$SOCK"
-PORT=$(pgl_free_port) || pgl_die "no free port"
-PORT2=$(pgl_free_port) || pgl_die "no free port"
-PORT3=$(pgl_free_port) || pgl_die "no free port"
-[ "$PORT" != "$PORT2" ] && [ "$PORT2" != "$PORT3" ] && [ "$PORT" != "$PORT3" ] || pgl_die "port clash, rerun"
+pgl_new_port PORT 54000 1000
+pgl_new_port PORT2 54000 1000
+pgl_new_port PORT3 54000 1000
 export BRANCHFS_STORE=$STORE
 URL="host=$SOCK port=$PORT user=postgres dbname=postgres"
 now_ns() { date +%s%N; }

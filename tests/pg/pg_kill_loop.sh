@@ -54,17 +54,7 @@ export BRANCHFS_STORE=$STORE
 pgl_log "seed $SEED (PG_KILL_SEED=$SEED replays the kill delays), $ROUNDS rounds"
 
 declare -A PORT=()
-# new_port VAR: a free port in 56600-56699 that this test does not use yet.
-new_port() {
-	local p i
-	for i in $(seq 1 50); do
-		p=$(pgl_free_port 56600 100) || break
-		case " ${PORT[*]} " in *" $p "*) continue ;; esac
-		printf -v "$1" %s "$p"
-		return 0
-	done
-	pgl_die "no free port in 56600-56699"
-}
+new_port() { pgl_new_port "$1" 56600 100; }
 new_port 'PORT[main]'
 new_port 'PORT[side]'
 

@@ -62,13 +62,8 @@ pgl_log "seed $SEED, $ROUNDS rounds, mode $MODE (replay: PG_POWERCUT_SEED=$SEED)
 # own, kept in PORTS[NAME] (call it directly, not in $(...))
 declare -A PORTS=()
 port_for() {
-	local p
 	[ -z "${PORTS[$1]:-}" ] || return 0
-	while :; do
-		p=$(pgl_free_port 56000 500) || pgl_die "no free port"
-		[[ " ${PORTS[*]} " == *" $p "* ]] || break
-	done
-	PORTS[$1]=$p
+	pgl_new_port "PORTS[$1]" 56000 500
 }
 
 # shim_begin N: record the store as durable; what runs under shim_env
