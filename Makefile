@@ -127,10 +127,10 @@ test check-e2e: $(E2E_BIN)
 # journal.  Test-only.  The shim is built without _FILE_OFFSET_BITS (it
 # defines open and open64 itself) and without sanitizers.
 PC_BIN := $(B)/tests/tools/powercut $(B)/tests/tools/powercut.so
-$(B)/tests/tools/powercut: tests/tools/powercut.c
+$(B)/tests/tools/powercut: tests/tools/powercut.c tests/tools/powercut_journal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
-$(B)/tests/tools/powercut.so: tests/tools/powercut_shim.c
+$(B)/tests/tools/powercut.so: tests/tools/powercut_shim.c tests/tools/powercut_journal.h
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -fsanitize=%,$(CFLAGS)) -U_FILE_OFFSET_BITS -fPIC -shared \
 		-o $@ $< -ldl -lpthread

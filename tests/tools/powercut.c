@@ -69,6 +69,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "powercut_journal.h"
+
 static bool verbose;
 
 static void die(int code, const char *fmt, ...)
@@ -109,22 +111,7 @@ static char *xstrdup(const char *s)
 	return p;
 }
 
-/* the shim's %-escaping, both ways */
-static void esc(char *out, size_t n, const char *s)
-{
-	size_t o = 0;
-
-	for (; *s && o + 4 < n; s++) {
-		unsigned char c = *s;
-
-		if (c <= ' ' || c == '%' || c >= 0x7f)
-			o += snprintf(out + o, n - o, "%%%02X", c);
-		else
-			out[o++] = c;
-	}
-	out[o] = '\0';
-}
-
+/* the shim's %-escaping (powercut_journal.h), undone */
 static char *unesc(const char *s)
 {
 	char *out = xcalloc(strlen(s) + 1, 1), *o = out;
@@ -312,7 +299,7 @@ static void scan_begin(FILE *out, const char *root, const char *rel)
 	snprintf(path, sizeof(path), "%s/%s", root, rel);
 	if (lstat(path, &st) < 0)
 		die(1, "%s: %s", path, strerror(errno));
-	esc(e, sizeof(e), rel);
+	pcj_esc(e, sizeof(e), rel);
 	fprintf(out, "d %llu 0 %s\n", (unsigned long long)st.st_ino, e);
 	d = opendir(path);
 	if (!d)
@@ -331,7 +318,7 @@ static void scan_begin(FILE *out, const char *root, const char *rel)
 			scan_begin(out, root, sub);
 			continue;
 		}
-		esc(e, sizeof(e), sub);
+		pcj_esc(e, sizeof(e), sub);
 		fprintf(out, "%c %llu %lld %s\n", S_ISREG(st.st_mode) ? 'f' : 'o',
 			(unsigned long long)st.st_ino,
 			S_ISREG(st.st_mode) ? (long long)st.st_size : 0LL, e);

@@ -76,6 +76,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "powercut_journal.h"
+
 #define PC_MAXFD 65536
 #define PC_NHASH 4096
 
@@ -274,22 +276,6 @@ static bool pc_rel(int dirfd, const char *path, char *rel, size_t n)
 	return true;
 }
 
-/* %-escape what would break the line format */
-static void pc_esc(char *out, size_t n, const char *s)
-{
-	size_t o = 0;
-
-	for (; *s && o + 4 < n; s++) {
-		unsigned char c = *s;
-
-		if (c <= ' ' || c == '%' || c >= 0x7f)
-			o += snprintf(out + o, n - o, "%%%02X", c);
-		else
-			out[o++] = c;
-	}
-	out[o] = '\0';
-}
-
 static unsigned long pc_id(void)
 {
 	return atomic_fetch_add(&pc_seq, 1) + 1;
@@ -460,7 +446,7 @@ static int pc_open(int dirfd, const char *path, int flags, mode_t mode)
 	save = errno;
 	if (fstat(fd, &st) < 0)
 		abort();
-	pc_esc(esc, sizeof(esc), rel);
+	pcj_esc(esc, sizeof(esc), rel);
 	if (!existed || before.st_ino != st.st_ino) {
 		if (S_ISDIR(st.st_mode)) /* O_TMPFILE and the like */
 			pc_rec('X', pc_id(), "open-created-dir %s", esc);
@@ -567,7 +553,7 @@ static FILE *pc_fopen(const char *path, const char *mode,
 	if (fstat(fd, &st) < 0)
 		abort();
 	if (!existed || before.st_ino != st.st_ino) {
-		pc_esc(esc, sizeof(esc), rel);
+		pcj_esc(esc, sizeof(esc), rel);
 		pc_rec('C', pc_id(), "%s %llu", esc, (unsigned long long)st.st_ino);
 	}
 	pc_hint_raise(st.st_ino, existed ? before.st_size : 0);
@@ -697,7 +683,7 @@ int fallocate(int fd, int mode, off_t off, off_t len)
 		char esc[3 * PATH_MAX];
 
 		if (mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)) {
-			pc_esc(esc, sizeof(esc), e->rel);
+			pcj_esc(esc, sizeof(esc), e->rel);
 			pc_rec('X', pc_id(), "fallocate-shift %s", esc);
 		} else if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
 			pc_preimage(fd, e->ino, off, len);
@@ -716,7 +702,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	    (flags & MAP_SHARED)) {
 		char esc[3 * PATH_MAX];
 
-		pc_esc(esc, sizeof(esc), e->rel);
+		pcj_esc(esc, sizeof(esc), e->rel);
 		pc_rec('X', pc_id(), "mmap-shared-write %s", esc);
 	}
 	return real.mmap(addr, len, prot, flags, fd, off);
@@ -745,7 +731,7 @@ static int pc_sync(int fd, int (*call)(int))
 	if (r != 0)
 		return r;
 	save = errno;
-	pc_esc(esc, sizeof(esc), e->rel);
+	pcj_esc(esc, sizeof(esc), e->rel);
 	pc_rec('E', id, "%c %s %llu %lld", e->dir ? 'd' : 'f', esc,
 	       (unsigned long long)st.st_ino, (long long)st.st_size);
 	if (!e->dir)
@@ -781,8 +767,8 @@ int renameat2(int ofd, const char *old, int nfd, const char *new, unsigned fl)
 	nin = pc_rel(nfd, new, nrel, sizeof(nrel));
 	if (!oin && !nin)
 		return real.renameat2(ofd, old, nfd, new, fl);
-	pc_esc(oesc, sizeof(oesc), oin ? orel : old);
-	pc_esc(nesc, sizeof(nesc), nin ? nrel : new);
+	pcj_esc(oesc, sizeof(oesc), oin ? orel : old);
+	pcj_esc(nesc, sizeof(nesc), nin ? nrel : new);
 	if (oin != nin || (fl & RENAME_EXCHANGE) ||
 	    fstatat(ofd, old, &ost, AT_SYMLINK_NOFOLLOW) < 0) {
 		r = real.renameat2(ofd, old, nfd, new, fl);
@@ -832,7 +818,7 @@ int unlinkat(int dirfd, const char *path, int flags)
 	if (r != 0)
 		return r;
 	save = errno;
-	pc_esc(esc, sizeof(esc), rel);
+	pcj_esc(esc, sizeof(esc), rel);
 	if (flags & AT_REMOVEDIR)
 		pc_rec('X', pc_id(), "rmdir %s", esc);
 	else
@@ -866,8 +852,8 @@ int linkat(int ofd, const char *old, int nfd, const char *new, int flags)
 	if (r != 0 || !nin)
 		return r;
 	save = errno;
-	pc_esc(oesc, sizeof(oesc), oin ? orel : old);
-	pc_esc(nesc, sizeof(nesc), nrel);
+	pcj_esc(oesc, sizeof(oesc), oin ? orel : old);
+	pcj_esc(nesc, sizeof(nesc), nrel);
 	if (!oin || fstatat(nfd, new, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		pc_rec('X', pc_id(), "link %s %s", oesc, nesc);
 	else
@@ -892,7 +878,7 @@ int mkdirat(int dirfd, const char *path, mode_t mode)
 
 		struct stat st;
 
-		pc_esc(esc, sizeof(esc), rel);
+		pcj_esc(esc, sizeof(esc), rel);
 		if (fstatat(dirfd, path, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			abort();
 		pc_rec('M', pc_id(), "%s %llu", esc, (unsigned long long)st.st_ino);
@@ -914,7 +900,7 @@ int symlinkat(const char *target, int dirfd, const char *path)
 	if (r == 0 && atomic_load(&pc_on) && pc_rel(dirfd, path, rel, sizeof(rel))) {
 		int save = errno;
 
-		pc_esc(esc, sizeof(esc), rel);
+		pcj_esc(esc, sizeof(esc), rel);
 		pc_rec('X', pc_id(), "symlink %s", esc);
 		errno = save;
 	}
