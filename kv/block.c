@@ -333,7 +333,6 @@ int kv_block_verify(const void *val, size_t vlen,
 int kv_block_read(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE], void *out)
 {
 	char hex[2 * BFS_HASH_SIZE + 1], why[96];
-	uint8_t check[BFS_HASH_SIZE];
 	rocksdb_pinnableslice_t *ps;
 	const char *problem, *v;
 	char *err = NULL;
@@ -358,17 +357,11 @@ int kv_block_read(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE], void *out)
 		goto out_bad;
 	}
 	v = rocksdb_pinnableslice_value(ps, &n);
-	problem = block_decode((const uint8_t *)v, n, out, why, sizeof(why));
+	ret = kv_block_verify(v, n, hash, out, why, sizeof(why));
 	rocksdb_pinnableslice_destroy(ps);
-	if (problem)
-		goto out_bad;
-
-	kv_block_hash(out, check);
-	if (memcmp(check, hash, BFS_HASH_SIZE)) {
-		problem = "hash mismatch: data corrupt";
-		goto out_bad;
-	}
-	return 0;
+	if (ret == 0)
+		return 0;
+	problem = why;
 
 out_bad:
 	hash_hex(hash, hex);
