@@ -218,6 +218,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 			fs_log("the kernel offers no writeback cache: writing through");
 		}
 	}
+	fs_log("mode: %s", fs->writeback_on ?
+	       "writeback (kernel cache; snapshots crash-consistent)" :
+	       "write-through (snapshots exact instants)");
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)

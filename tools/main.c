@@ -1113,12 +1113,18 @@ static const struct cli_cmd cmds[] = {
 	  "Create a new, empty store in directory STORE (created if absent;\n"
 	  "an existing directory must be empty). The store starts with one\n"
 	  "branch, main." },
-	{ "mount", cmd_mount, "mount STORE MNT [-o OPTIONS] [--foreground]",
+	{ "mount", cmd_mount,
+	  "mount STORE MNT [-o OPTIONS] [--foreground] [--writeback]",
 	  "Mount STORE at MNT and return once the mount is live. MNT/main is\n"
 	  "branch main. As root the mount uses allow_other,default_permissions\n"
 	  "so that other users (postgres) can use it; -o adds FUSE options.\n"
 	  "The daemon logs to STORE/branchfs.log. --foreground stays attached\n"
-	  "and logs to stderr." },
+	  "and logs to stderr.\n"
+	  "--writeback: the kernel caches writes and hands them over in large\n"
+	  "batches (much faster small writes); fsync is as durable, but a\n"
+	  "snapshot is crash-consistent (everything fsynced or closed before\n"
+	  "it) instead of an exact instant. The mode for a PGDATA.\n"
+	  "Without it every write reaches the store before it returns." },
 	{ "umount", cmd_umount, "umount MNT",
 	  "Unmount MNT and wait until its daemon has written everything and\n"
 	  "exited. Also cleans up a stale mount left by a killed daemon\n"
