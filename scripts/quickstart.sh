@@ -16,6 +16,12 @@
 #   BRANCHFS_PGPORT  port for postgres (default: the one recorded in the
 #                    PGDATA, else the first free port from 5432)
 #   BRANCHFS_PGSOCK  unix socket directory of postgres (default /tmp)
+#   BRANCHFS_WRITEBACK  1 (default): mount with --writeback, the mode for
+#                    PostgreSQL (kernel writeback cache; snapshots are
+#                    crash-consistent, which is all PostgreSQL relies on);
+#                    0: the default write-through mount (snapshots are exact
+#                    instants of every write, slower).  Only applies when
+#                    quickstart mounts; a live mount is kept as it is.
 #   QUICKSTART_SKIP_DEPS=1  do not run scripts/install-deps.sh
 #   QUICKSTART_SKIP_BUILD=1 do not run make
 #
@@ -186,8 +192,14 @@ if [ $st = 1 ]; then
 	fi
 	mkdir -p "$MNT"
 	chmod 755 "$MNT"
-	say "mounting $STORE on $MNT"
-	"$BRANCHFS" mount "$STORE" "$MNT" || die "branchfs mount failed (see $STORE/branchfs.log)"
+	mopts=()
+	case ${BRANCHFS_WRITEBACK:-1} in
+	1) mopts=(--writeback) ;;
+	0) ;;
+	*) die "BRANCHFS_WRITEBACK must be 0 or 1, not '${BRANCHFS_WRITEBACK}'" ;;
+	esac
+	say "mounting $STORE on $MNT${mopts:+ (${mopts[*]})}"
+	"$BRANCHFS" mount "$STORE" "$MNT" "${mopts[@]}" || die "branchfs mount failed (see $STORE/branchfs.log)"
 else
 	say "$MNT is already mounted"
 fi
