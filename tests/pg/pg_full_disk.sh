@@ -85,6 +85,23 @@ cp "$W/blob.tmp" "$MNT/scratch/blob"
 sync "$MNT/scratch/blob"
 BLOB_SUM=$(sha256sum <"$W/blob.tmp")
 rm "$W/blob.tmp"
+# Let RocksDB finish flushing what the copy wrote and drop the WAL it
+# covered (with --writeback the whole blob arrives at the sync above):
+# wait until the free space holds still for 2 s (at most 30 s).
+prev=-1 still=0
+for _ in $(seq 1 60); do
+	cur=$(avail)
+	if [ "$cur" = "$prev" ]; then
+		still=$((still + 1))
+		[ $still -ge 4 ] && break
+	else
+		still=0
+	fi
+	prev=$cur
+	sleep 0.5
+done
+[ "$(avail)" -gt $((ROOM_MB * 1048576)) ] ||
+	bfs_fail "only $(mib "$(avail)") MiB free after the setup, need more than $ROOM_MB"
 # Another process takes all but ROOM_MB of the disk: postgres fills that.
 fallocate -l $(($(avail) - ROOM_MB * 1048576)) "$FS/filler" || bfs_fail "fallocate the filler"
 bfs_log "free before the fill: $(mib "$(avail)") MiB (filler $(mib "$(stat -c %s "$FS/filler")") MiB)"
