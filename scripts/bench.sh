@@ -4,8 +4,8 @@
 #
 # For each of (a) a plain directory, (b) a fresh branchfs store + mount and
 # (c) the same with `mount --writeback` (kernel writeback cache; the mode
-# scripts/quickstart.sh mounts a PGDATA with, against which the targets are
-# judged; (b) is shown for the stricter write-through contract):
+# scripts/quickstart.sh mounts a PGDATA with; (b) is the plain mount's
+# stricter write-through contract; each gets its own met/MISSED verdicts):
 #   initdb --data-checksums           wall time
 #   pgbench -i -s $BENCH_SCALE        wall time
 #   pgbench -T $BENCH_SECS -c 4 -j 2  read-write (tpcb-like) TPS

@@ -19,9 +19,10 @@
 #   BRANCHFS_WRITEBACK  1 (default): mount with --writeback, the mode for
 #                    PostgreSQL (kernel writeback cache; snapshots are
 #                    crash-consistent, which is all PostgreSQL relies on);
-#                    0: the default write-through mount (snapshots are exact
-#                    instants of every write, slower).  Only applies when
-#                    quickstart mounts; a live mount is kept as it is.
+#                    0: write-through, what a plain `branchfs mount` does
+#                    (snapshots are exact instants of every write; slower).
+#                    Applies when quickstart mounts; a live mount is kept
+#                    as it is (run stop first to change the mode).
 #   QUICKSTART_SKIP_DEPS=1  do not run scripts/install-deps.sh
 #   QUICKSTART_SKIP_BUILD=1 do not run make
 #
@@ -53,7 +54,15 @@ start | status | stop) ;;
 *) die "unknown command '$CMD' (start, status, stop)" ;;
 esac
 
+# Mount options for start, checked before anything is installed, built or
+# created.
+mopts=()
 if [ "$CMD" = start ]; then
+	case ${BRANCHFS_WRITEBACK:-1} in
+	1) mopts=(--writeback) ;;
+	0) ;;
+	*) die "BRANCHFS_WRITEBACK must be 0 or 1, not '${BRANCHFS_WRITEBACK}'" ;;
+	esac
 	if [ -z "${QUICKSTART_SKIP_DEPS:-}" ]; then
 		say "installing dependencies (scripts/install-deps.sh)"
 		"$ROOT/scripts/install-deps.sh"
@@ -192,16 +201,10 @@ if [ $st = 1 ]; then
 	fi
 	mkdir -p "$MNT"
 	chmod 755 "$MNT"
-	mopts=()
-	case ${BRANCHFS_WRITEBACK:-1} in
-	1) mopts=(--writeback) ;;
-	0) ;;
-	*) die "BRANCHFS_WRITEBACK must be 0 or 1, not '${BRANCHFS_WRITEBACK}'" ;;
-	esac
 	say "mounting $STORE on $MNT${mopts:+ (${mopts[*]})}"
 	"$BRANCHFS" mount "$STORE" "$MNT" "${mopts[@]}" || die "branchfs mount failed (see $STORE/branchfs.log)"
 else
-	say "$MNT is already mounted"
+	say "$MNT is already mounted (kept as it is; BRANCHFS_WRITEBACK applies at the next mount: run '$0 stop' first to change the mode)"
 fi
 [ -d "$MNT/main" ] || die "$MNT/main missing: is $MNT a branchfs mount?"
 
