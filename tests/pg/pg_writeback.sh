@@ -5,6 +5,13 @@
 #                recovers, amcheck clean, pgbench's invariant holds
 #   pg_crash     kill -9 of the daemon: every acknowledged commit survives
 #   pg_powercut  power cuts under pgbench, snapshots and branch creation
+#   pg_full_disk postgres fills the disk: nothing acknowledged lost, deletes
+#                and gc work on the full disk, space comes back.  With a
+#                40 MiB (not 120 MiB) file on the 400 MiB disk: write-back
+#                hands a big file over at once, and four 32 MiB RocksDB
+#                level-0 files leave no room on this tiny disk for the
+#                compaction RocksDB wants before it resumes writing after
+#                the disk filled up (README, Known limits)
 # Each runs with its own cleanup, in a work directory under this test's
 # ($TMPDIR/branchfs-pg_writeback.XXXXXX, which tests/run.sh sweeps after a
 # timeout), and must log that its mount really is in write-back mode.
@@ -34,20 +41,17 @@ if ! grep -q "mode: writeback" "$probe/store/branchfs.log"; then
 fi
 rm -rf "$probe"
 trap 'rmdir "$TOP" 2>/dev/null || true' EXIT
-for t in pg_branch pg_crash pg_powercut; do
+for t in pg_branch pg_crash pg_powercut pg_full_disk; do
 	log "---- $t with --writeback"
-	bash "$HERE/$t.sh" 2>&1 | tee "$TOP/$t.out"
-	rc=${PIPESTATUS[0]}
+	PG_FULL_BLOB_MB=40 bash "$HERE/$t.sh"
+	rc=$?
 	if [ "$rc" -eq 77 ]; then
 		log "SKIP: $t skipped"
-		rm -f "$TOP/$t.out"
 		exit 77
 	fi
 	if [ "$rc" -ne 0 ]; then
 		log "FAIL: $t with --writeback (exit $rc)" >&2
-		rm -f "$TOP/$t.out"
 		exit "$rc"
 	fi
-	rm -f "$TOP/$t.out"
 done
 echo "PASS pg_writeback"
