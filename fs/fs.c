@@ -628,13 +628,15 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf,
 {
 	struct fs *fs = fs_of(req);
 	struct fs_fh *fh = fh_get(fs, fi->fh);
+	bool blocks_changed;
 	ssize_t ret;
 
 	if (!fh) {
 		reply_err(req, -EBADF);
 		return;
 	}
-	ret = snap_write(fh->t, fh->ino, buf, size, (uint64_t)off);
+	ret = snap_write_ex(fh->t, fh->ino, buf, size, (uint64_t)off,
+			    &blocks_changed);
 	/* O_SYNC / O_DSYNC writes are durable when write(2) returns. */
 	if (ret >= 0 && (fh->flags & (O_SYNC | O_DSYNC))) {
 		int r = snap_sync(fs->s);
@@ -647,10 +649,13 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf,
 		reply_err(req, (int)ret);
 		return;
 	}
-	/* Write-back WRITEs change st_blocks behind the kernel's cached
-	 * attributes (which it does not drop for them as it does for
-	 * write-through ones); offset -1: attributes only, no page locks. */
-	if (fs->writeback_on && fs->se)
+	/* A write-back WRITE that filled or made a hole changes st_blocks
+	 * behind the kernel's cached attributes (which it does not drop for
+	 * these WRITEs as it does for write-through ones); offset -1:
+	 * attributes only, no page locks.  Only then: a dropped attribute
+	 * costs the next write(2) a GETATTR and, since that clears the
+	 * kernel's "no security xattrs" flag, a GETXATTR. */
+	if (fs->writeback_on && fs->se && blocks_changed)
 		fuse_lowlevel_notify_inval_inode(fs->se, node, -1, 0);
 	fuse_reply_write(req, (size_t)ret);
 }

@@ -557,12 +557,22 @@ static int write_locked(struct op *op, struct kv_batch *b, struct snap_inode *in
 ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 		   size_t size, uint64_t off)
 {
+	return snap_write_ex(t, ino, buf, size, off, NULL);
+}
+
+ssize_t snap_write_ex(struct snap_tree *t, uint64_t ino, const void *buf,
+		      size_t size, uint64_t off, bool *blocks_changed)
+{
 	struct snap_inode in;
 	struct kv_batch *b;
 	struct op op;
 	bool killed = false;
+	uint64_t nblocks = 0;
 	int held[1];
 	int ret;
+
+	if (blocks_changed)
+		*blocks_changed = false;
 
 	if (size == 0)
 		return 0;
@@ -580,14 +590,18 @@ ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 		ret = -EISDIR;
 	else if (!S_ISREG(in.mode))
 		ret = -EINVAL;
-	if (ret == 0)
+	if (ret == 0) {
+		nblocks = in.nblocks;
 		ret = write_locked(&op, b, &in, buf, size, off);
+	}
 	if (ret == 0) {
 		inode_touch(&in.mtime);
 		in.ctime = in.mtime;
 		killed = kill_priv(&op, &in);
 		inode_put(&op, b, &in);
 		ret = kv_commit(op.kv, b);
+		if (ret == 0 && blocks_changed)
+			*blocks_changed = in.nblocks != nblocks;
 	}
 	inode_release(&in);
 out:

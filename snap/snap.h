@@ -311,6 +311,10 @@ ssize_t snap_read(struct snap_tree *t, uint64_t ino, void *buf, size_t size,
 /* Write @size bytes at @off, growing the file as needed; returns @size. */
 ssize_t snap_write(struct snap_tree *t, uint64_t ino, const void *buf,
 		   size_t size, uint64_t off);
+/* The same; *@blocks_changed (may be NULL) tells whether the file's count
+ * of stored blocks (st_blocks) changed: a hole filled or made. */
+ssize_t snap_write_ex(struct snap_tree *t, uint64_t ino, const void *buf,
+		      size_t size, uint64_t off, bool *blocks_changed);
 /* @mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE;
  * anything else -EOPNOTSUPP. */
 int snap_fallocate(struct snap_tree *t, uint64_t ino, int mode, uint64_t off,

@@ -296,6 +296,44 @@ static void test_zero_holes(void **state)
 	free(zeros);
 }
 
+/* snap_write_ex reports exactly the writes that change st_blocks (the FUSE
+ * layer drops the kernel's cached attributes only for those). */
+static void test_write_blocks_changed(void **state)
+{
+	struct env *e = *state;
+	uint8_t blk[BS], zeros[BS] = { 0 };
+	bool changed = true;
+	uint64_t f = mkf(e, "bc");
+
+	fill(blk, 0, BS, 3);
+	/* a new block: changed */
+	assert_int_equal(snap_write_ex(e->t, f, blk, BS, 0, &changed), BS);
+	assert_true(changed);
+	/* overwriting it with other data, whole or in part: unchanged */
+	fill(blk, 0, BS, 4);
+	assert_int_equal(snap_write_ex(e->t, f, blk, BS, 0, &changed), BS);
+	assert_false(changed);
+	assert_int_equal(snap_write_ex(e->t, f, blk, 100, 10, &changed), 100);
+	assert_false(changed);
+	/* zeros into a hole past the end: the size grows, no block: unchanged */
+	assert_int_equal(snap_write_ex(e->t, f, zeros, BS, 3 * BS, &changed), BS);
+	assert_false(changed);
+	assert_int_equal(ga(e, f).blocks, 16);
+	/* data into that hole: changed */
+	assert_int_equal(snap_write_ex(e->t, f, blk, 1, 3 * BS + 5, &changed), 1);
+	assert_true(changed);
+	assert_int_equal(ga(e, f).blocks, 32);
+	/* zeros over the data of block 0: a hole made: changed */
+	assert_int_equal(snap_write_ex(e->t, f, zeros, BS, 0, &changed), BS);
+	assert_true(changed);
+	assert_int_equal(ga(e, f).blocks, 16);
+	/* a failed write leaves it false */
+	changed = true;
+	assert_int_equal(snap_write_ex(e->t, SNAP_ROOT_INO, blk, 1, 0, &changed),
+			 -EISDIR);
+	assert_false(changed);
+}
+
 static void test_dedup(void **state)
 {
 	struct env *e = *state;
@@ -1856,6 +1894,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rw_unaligned, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_read_eof, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_zero_holes, setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_write_blocks_changed, setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_dedup, setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_truncate_down_up, setup,
 						env_teardown),
