@@ -733,8 +733,12 @@ static int drop_record(struct snap *s, struct snap_branch *br)
 
 		kv_batch_delete(b, KV_CF_SYS, key, kl);
 	}
+	/* A scan cut short by a read error would drop the record and leave
+	 * orphan entries behind: commit nothing, the pruner tries again. */
+	ret = kv_iter_status(it);
 	kv_iter_free(it);
-	ret = commit_sync(s, b);
+	if (ret == 0)
+		ret = commit_sync(s, b);
 	kv_batch_free(b);
 	return ret;
 }
