@@ -639,7 +639,7 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf,
 			    &blocks_changed);
 	/* O_SYNC / O_DSYNC writes are durable when write(2) returns. */
 	if (ret >= 0 && (fh->flags & (O_SYNC | O_DSYNC))) {
-		int r = snap_sync(fs->s);
+		int r = snap_sync_tree(fh->t);
 
 		if (r < 0)
 			ret = r;
@@ -672,10 +672,38 @@ static void op_release(fuse_req_t req, fuse_ino_t node,
 	reply_err(req, 0);
 }
 
+/*
+ * fsync/fsyncdir/O_SYNC: make the changes of @node's branch durable (and
+ * everything committed before them): nothing to wait for when they are
+ * already, however busy other branches are.  The whole store when the
+ * tree cannot be had (synthetic directories).
+ */
+static int sync_node(struct fs *fs, fuse_ino_t node)
+{
+	struct snap_tree *t;
+	int ret;
+
+	if (node_tree_get(fs, node, &t) < 0)
+		return snap_sync(fs->s);
+	ret = snap_sync_tree(t);
+	snap_tree_put(t);
+	return ret;
+}
+
 static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync,
 		     struct fuse_file_info *fi)
 {
-	reply_err(req, snap_sync(fs_of(req)->s));
+	struct fs *fs = fs_of(req);
+	struct fs_fh *fh = fh_get(fs, fi->fh);
+	int ret;
+
+	if (!fh) {
+		reply_err(req, sync_node(fs, node));
+		return;
+	}
+	ret = snap_sync_tree(fh->t);
+	fh_put(fs, fh);
+	reply_err(req, ret);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t node,
@@ -852,7 +880,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t node,
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t node, int datasync,
 			struct fuse_file_info *fi)
 {
-	reply_err(req, snap_sync(fs_of(req)->s));
+	reply_err(req, sync_node(fs_of(req), node));
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t node)

@@ -615,6 +615,11 @@ static void wal_err_clear(struct kv *kv, uint64_t seen)
 					       seen >> 32 << 32);
 }
 
+/* The ticket of this thread's last successful commit, and its store
+ * (kv_thread_ticket). */
+static _Thread_local uint64_t tl_ticket;
+static _Thread_local const struct kv *tl_kv;
+
 int kv_commit(struct kv *kv, struct kv_batch *b)
 {
 	char *err = NULL;
@@ -662,13 +667,21 @@ int kv_commit(struct kv *kv, struct kv_batch *b)
 		goto out_reset;
 	}
 	wal_err_clear(kv, seen);
-	atomic_fetch_add(&kv->committed, 1);
+	tl_ticket = atomic_fetch_add(&kv->committed, 1) + 1;
+	tl_kv = kv;
 out_reset:
 	kv_batch_reset(b);
 	return ret;
 }
 
 /* ---- group commit ----------------------------------------------------- */
+
+uint64_t kv_thread_ticket(struct kv *kv)
+{
+	/* Another store's ticket (tests open several) means nothing here:
+	 * then everything committed so far. */
+	return tl_kv == kv ? tl_ticket : atomic_load(&kv->committed);
+}
 
 /*
  * A caller's ticket is the number of commits finished when it arrived.
@@ -678,6 +691,11 @@ out_reset:
  * ticket they share its result, otherwise one of them leads the next.
  */
 int kv_sync(struct kv *kv)
+{
+	return kv_sync_to(kv, UINT64_MAX);
+}
+
+int kv_sync_to(struct kv *kv, uint64_t upto)
 {
 	uint64_t ticket, target, gen;
 	char *err = NULL;
@@ -694,6 +712,8 @@ int kv_sync(struct kv *kv)
 
 	pthread_mutex_lock(&kv->sync_lock);
 	ticket = atomic_load(&kv->committed);
+	if (upto < ticket)
+		ticket = upto;
 	while (kv->synced < ticket) {
 		if (kv->syncing) {
 			bool covered = ticket <= kv->sync_target;

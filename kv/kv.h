@@ -99,6 +99,16 @@ int kv_commit(struct kv *kv, struct kv_batch *b);
  * RocksDB failed, that error at once until a commit succeeds again.
  */
 int kv_sync(struct kv *kv);
+/*
+ * Commits are numbered (tickets) in the order they finish.  kv_sync_to()
+ * makes durable at least every commit numbered <= @upto (kv_sync(): every
+ * commit so far), returning at once if a sync already did; errors as
+ * kv_sync().  kv_thread_ticket() is the number of the calling thread's
+ * last successful commit to @kv (if it made none, or its last one was to
+ * another store: the number of the last commit of all, which is safe).
+ */
+int kv_sync_to(struct kv *kv, uint64_t upto);
+uint64_t kv_thread_ticket(struct kv *kv);
 
 /* ---- iterators ------------------------------------------------------- */
 

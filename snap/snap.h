@@ -91,6 +91,10 @@ void snap_close(struct snap *s);
 
 /* Make every change so far durable (group-committed WAL fsync). */
 int snap_sync(struct snap *s);
+/* fsync of a file or directory of tree @t: durable are at least every
+ * change made to @t's branch (and everything committed before them);
+ * returns at once when that already is.  Errors as snap_sync(). */
+int snap_sync_tree(struct snap_tree *t);
 
 /* Run the block garbage collector over up to @max queued blocks (0 = all).
  * Call snap_prune() first to free the space of deleted branches/snapshots. */

@@ -1122,6 +1122,15 @@ int snap_sync(struct snap *s)
 	return kv_sync(s->kv);
 }
 
+int snap_sync_tree(struct snap_tree *t)
+{
+	/* A snapshot's data was made durable when it was taken; still go
+	 * through kv_sync_to for its error reporting. */
+	if (!t->br)
+		return kv_sync_to(t->s->kv, 0);
+	return kv_sync_to(t->s->kv, atomic_load(&t->br->sync_need));
+}
+
 int snap_gc(struct snap *s, size_t max)
 {
 	if (s->readonly)

@@ -39,8 +39,20 @@ int op_begin(struct op *op, struct snap_tree *t, bool write)
 
 void op_end(struct op *op)
 {
-	if (op->write)
-		pthread_rwlock_unlock(&op->t->br->epoch_lock);
+	if (op->write) {
+		/* Every commit of a write op runs on its thread between
+		 * op_begin and here: what an fsync on this branch must cover
+		 * (an op that did not commit adds an older or the latest
+		 * ticket: at worst one sync too many). */
+		struct snap_branch *br = op->t->br;
+		uint64_t t = kv_thread_ticket(op->kv);
+		uint64_t cur = atomic_load(&br->sync_need);
+
+		while (cur < t &&
+		       !atomic_compare_exchange_weak(&br->sync_need, &cur, t))
+			;
+		pthread_rwlock_unlock(&br->epoch_lock);
+	}
 	op->write = false;
 }
 

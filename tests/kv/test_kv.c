@@ -873,6 +873,67 @@ static void test_group_commit(void **state)
 	free(v);
 }
 
+/* Tickets: kv_sync_to() syncs only when a commit up to its ticket is not
+ * yet durable; kv_thread_ticket() is this thread's last commit. */
+static void *other_thread_put(void *arg)
+{
+	put(arg, KV_CF_META, "other", "x");
+	return NULL;
+}
+
+static void test_sync_to(void **state)
+{
+	struct env *e = *state;
+	uint64_t t1, t2, syncs;
+	pthread_t th;
+	char dir[] = "/tmp/bfs-kv-other.XXXXXX";
+	struct kv *other;
+
+	put(e->kv, KV_CF_META, "a", "1");
+	t1 = kv_thread_ticket(e->kv);
+	put(e->kv, KV_CF_META, "b", "2");
+	t2 = kv_thread_ticket(e->kv);
+	assert_int_equal(t2, t1 + 1);
+
+	/* syncing up to t1 makes t1 (at least) durable: one fsync */
+	syncs = kv_sync_count(e->kv);
+	assert_int_equal(kv_sync_to(e->kv, t1), 0);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 1);
+	/* the leader synced everything committed: t2 is covered too */
+	assert_int_equal(kv_sync_to(e->kv, t2), 0);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 1);
+
+	/* another thread commits: this thread's ticket does not move, and
+	 * syncing up to it needs no fsync ... */
+	assert_int_equal(pthread_create(&th, NULL, other_thread_put, e->kv), 0);
+	pthread_join(th, NULL);
+	assert_int_equal(kv_thread_ticket(e->kv), t2);
+	assert_int_equal(kv_sync_to(e->kv, t2), 0);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 1);
+	/* ... while a full sync does one */
+	assert_int_equal(kv_sync(e->kv), 0);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 2);
+
+	/* a ticket beyond what was committed waits for nothing */
+	put(e->kv, KV_CF_META, "c", "3");
+	assert_int_equal(kv_sync_to(e->kv, UINT64_MAX), 0);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 3);
+
+	/* a commit to another store: this store's answer is "everything" */
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(kv_open(dir, KV_CREATE, &other), 0);
+	put(other, KV_CF_META, "z", "9");
+	put(e->kv, KV_CF_META, "d", "4");
+	t1 = kv_thread_ticket(e->kv);
+	put(other, KV_CF_META, "y", "8");
+	/* other's own tickets are 1 and 2: answering with those would be
+	 * wrong, and below t1 */
+	assert_true(t1 > 2);
+	assert_int_equal(kv_thread_ticket(e->kv), t1);
+	kv_close(other);
+	rm_rf(dir);
+}
+
 /* ---- fault injection ---------------------------------------------------- */
 
 static void test_fault_write(void **state)
@@ -1347,6 +1408,7 @@ int main(void)
 		T(test_compact_reclaims),
 		T(test_stats),
 		T(test_group_commit),
+	T(test_sync_to),
 		T(test_fault_write),
 		T(test_fault_write_releases_lock),
 		T(test_fault_read),

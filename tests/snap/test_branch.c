@@ -40,7 +40,9 @@
 
 #include <cmocka.h>
 
+#include "kv/kv_int.h"   /* kv_sync_count */
 #include "snap/snap.h"
+#include "snap/snap_int.h" /* s->kv */
 #include "snap_env.h"
 
 #define BS 8192u
@@ -3947,6 +3949,51 @@ static void test_held_branch_after_delete(void **state)
 
 /* ==== main =================================================================== */
 
+/*
+ * fsync of a branch's file (snap_sync_tree) covers every change made to
+ * that branch, by data and namespace ops alike, and skips the WAL fsync
+ * when those are already durable, whatever other branches commit.
+ */
+static void test_sync_tree(void **state)
+{
+	struct env *e = *state;
+	struct kv *kv = e->s->kv;
+	struct snap_tree *b;
+	uint64_t fm, fb, n;
+	char buf[100] = "x";
+
+	fm = mkf(e->t, SNAP_ROOT_INO, "m");
+	branch(e, "sb", NULL);
+	b = T(e, "sb");
+	assert_int_equal(snap_sync(e->s), 0);
+
+	/* each kind of change on sb: the fsync that follows must sync */
+	fb = mkf(b, SNAP_ROOT_INO, "f");
+	n = kv_sync_count(kv);
+	assert_int_equal(snap_sync_tree(b), 0);
+	assert_int_equal(kv_sync_count(kv), n + 1);
+	wr(b, fb, buf, sizeof(buf), 0);
+	n = kv_sync_count(kv);
+	assert_int_equal(snap_sync_tree(b), 0);
+	assert_int_equal(kv_sync_count(kv), n + 1);
+	assert_int_equal(snap_rename(b, SNAP_ROOT_INO, "f", SNAP_ROOT_INO, "g", 0), 0);
+	n = kv_sync_count(kv);
+	assert_int_equal(snap_sync_tree(b), 0);
+	assert_int_equal(kv_sync_count(kv), n + 1);
+
+	/* nothing new on sb: no fsync, even though main keeps committing */
+	n = kv_sync_count(kv);
+	assert_int_equal(snap_sync_tree(b), 0);
+	wr(e->t, fm, buf, sizeof(buf), 0);
+	wr(e->t, fm, buf, sizeof(buf), 100);
+	assert_int_equal(snap_sync_tree(b), 0);
+	assert_int_equal(kv_sync_count(kv), n);
+	/* main's fsync does sync them */
+	assert_int_equal(snap_sync_tree(e->t), 0);
+	assert_int_equal(kv_sync_count(kv), n + 1);
+	snap_tree_put(b);
+}
+
 #define T_(f) cmocka_unit_test_setup_teardown(f, setup, env_teardown)
 
 int main(void)
@@ -3955,6 +4002,7 @@ int main(void)
 	const char *seed = getenv("BFS_TEST_SEED");
 	const struct CMUnitTest tests[] = {
 		T_(test_versioned_reads),
+		T_(test_sync_tree),
 		T_(test_tombstones),
 		T_(test_ancestry_50),
 		T_(test_rename_links_snapshot),
