@@ -44,9 +44,13 @@ struct snap_branch {
 	_Atomic bool prune_needed; /* its readers shrank */
 	_Atomic int pins;          /* deleted trees still held that read its
 				    * keys at level 0: no pruning meanwhile */
-	/* kv ticket of the last commit of a write op on it (op_end): an fsync
-	 * of one of its files syncs up to that one (snap_sync_tree) */
+	/* kv ticket of its creation commit (adopt) or of the last commit of
+	 * a write op on it (op_end): an fsync of one of its files syncs up to
+	 * that one (snap_sync_tree) */
 	_Atomic uint64_t sync_need;
+	/* write ops between op_begin and op_end: their commits may be
+	 * visible before sync_need covers them, so an fsync then syncs all */
+	_Atomic int writers;
 	char name[SNAP_NAME_MAX + 1];
 	pthread_rwlock_t epoch_lock;
 	pthread_mutex_t ns_lock;

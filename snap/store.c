@@ -1124,11 +1124,15 @@ int snap_sync(struct snap *s)
 
 int snap_sync_tree(struct snap_tree *t)
 {
-	/* A snapshot's data was made durable when it was taken; still go
-	 * through kv_sync_to for its error reporting. */
-	if (!t->br)
-		return kv_sync_to(t->s->kv, 0);
-	return kv_sync_to(t->s->kv, atomic_load(&t->br->sync_need));
+	struct snap_branch *br = t->br;
+
+	/* Snapshots (read-only, rarely fsynced): everything.  A branch with
+	 * a write op in flight: everything too, as that op's commit may
+	 * already be visible (to a reader who then fsyncs) before op_end
+	 * records it.  Otherwise up to its newest recorded change. */
+	if (!br || atomic_load(&br->writers) > 0)
+		return kv_sync(t->s->kv);
+	return kv_sync_to(t->s->kv, atomic_load(&br->sync_need));
 }
 
 int snap_gc(struct snap *s, size_t max)

@@ -32,6 +32,7 @@ int op_begin(struct op *op, struct snap_tree *t, bool write)
 			return -ENOENT;
 		}
 		op->write = true;
+		atomic_fetch_add(&t->br->writers, 1);
 	}
 	op->e0 = t->br ? atomic_load(&t->br->epoch) : t->lv[0].e;
 	return 0;
@@ -51,6 +52,7 @@ void op_end(struct op *op)
 		while (cur < t &&
 		       !atomic_compare_exchange_weak(&br->sync_need, &cur, t))
 			;
+		atomic_fetch_sub(&br->writers, 1);
 		pthread_rwlock_unlock(&br->epoch_lock);
 	}
 	op->write = false;

@@ -1408,7 +1408,7 @@ int main(void)
 		T(test_compact_reclaims),
 		T(test_stats),
 		T(test_group_commit),
-	T(test_sync_to),
+		T(test_sync_to),
 		T(test_fault_write),
 		T(test_fault_write_releases_lock),
 		T(test_fault_read),

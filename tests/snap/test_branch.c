@@ -3981,6 +3981,56 @@ static void test_sync_tree(void **state)
 	assert_int_equal(snap_sync_tree(b), 0);
 	assert_int_equal(kv_sync_count(kv), n + 1);
 
+	/* every other kind of write op too */
+	{
+		struct snap_attr a = { 0 }, out;
+		uint64_t fx = mkf(b, SNAP_ROOT_INO, "x");
+
+		wr(e->t, fm, buf, sizeof(buf), 0); /* a source for op 7 */
+		for (int op = 0; op < 8; op++) {
+			int r = 0;
+
+			assert_int_equal(snap_sync(e->s), 0);
+			n = kv_sync_count(kv);
+			switch (op) {
+			case 0:
+				a.size = 5000;
+				r = snap_setattr(b, fx, &a, SNAP_SET_SIZE, &out);
+				break;
+			case 1:
+				r = snap_fallocate(b, fx, 0, 0, 100000);
+				break;
+			case 2:
+				r = snap_setxattr(b, fx, "user.k", "v", 1, 0);
+				break;
+			case 3:
+				r = snap_link(b, fx, SNAP_ROOT_INO, "x2", &out);
+				break;
+			case 4:
+				r = snap_unlink(b, SNAP_ROOT_INO, "x2");
+				break;
+			case 5:
+				r = snap_mknod(b, SNAP_ROOT_INO, "dd",
+					       S_IFDIR | 0755, 0, UID, GID,
+					       &out);
+				break;
+			case 6:
+				r = snap_symlink(b, SNAP_ROOT_INO, "sl", "x",
+						 UID, GID, &out);
+				break;
+			case 7:
+				r = (int)snap_copy_range(e->t, fm, 0, b, fx, 0,
+							 100);
+				r = r == 100 ? 0 : -1;
+				break;
+			}
+			assert_int_equal(r, 0);
+			assert_int_equal(snap_sync_tree(b), 0);
+			if (kv_sync_count(kv) != n + 1)
+				fail_msg("op %d on sb: its fsync did not sync", op);
+		}
+	}
+
 	/* nothing new on sb: no fsync, even though main keeps committing */
 	n = kv_sync_count(kv);
 	assert_int_equal(snap_sync_tree(b), 0);
@@ -3990,6 +4040,18 @@ static void test_sync_tree(void **state)
 	assert_int_equal(kv_sync_count(kv), n);
 	/* main's fsync does sync them */
 	assert_int_equal(snap_sync_tree(e->t), 0);
+	assert_int_equal(kv_sync_count(kv), n + 1);
+	snap_tree_put(b);
+
+	/* A branch whose creation is committed but not yet durable (its
+	 * final sync failed: it stays in effect in this process): an fsync
+	 * in it must sync its record. */
+	kv_fault_set(kv, KV_FAULT_SYNC | KV_FAULT_THIS_THREAD, 1, EIO, false);
+	assert_int_equal(snap_branch_create(e->s, "nosync", NULL, NULL), -EIO);
+	kv_fault_set(kv, KV_FAULT_SYNC, 0, 0, false);
+	b = T(e, "nosync");
+	n = kv_sync_count(kv);
+	assert_int_equal(snap_sync_tree(b), 0);
 	assert_int_equal(kv_sync_count(kv), n + 1);
 	snap_tree_put(b);
 }
