@@ -693,17 +693,7 @@ static int sync_node(struct fs *fs, fuse_ino_t node)
 static void op_fsync(fuse_req_t req, fuse_ino_t node, int datasync,
 		     struct fuse_file_info *fi)
 {
-	struct fs *fs = fs_of(req);
-	struct fs_fh *fh = fh_get(fs, fi->fh);
-	int ret;
-
-	if (!fh) {
-		reply_err(req, sync_node(fs, node));
-		return;
-	}
-	ret = snap_sync_tree(fh->t);
-	fh_put(fs, fh);
-	reply_err(req, ret);
+	reply_err(req, sync_node(fs_of(req), node));
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t node,
