@@ -115,12 +115,15 @@ out:
 }
 
 /*
- * Fast path of a write op: the exact key (level 0, op epoch).  Objects a
- * write touches were usually written earlier in the same epoch, and a point
- * read is far cheaper than creating an iterator.  The newest version <= e0
- * at level 0, if the key at e0 exists, is that key.  The caller holds the
- * object's stripe lock, so no other op changes it between this read and the
- * caller's commit.  Returns 1 found, 0 not there (use the iterator), -errno.
+ * Fast path of vget at level 0: the exact key (level 0, op epoch).  Objects
+ * are usually written in the current epoch (always, on a branch never
+ * snapshotted since), and a point read (bloom filters, no iterator to
+ * build) is far cheaper than creating an iterator.  The newest version
+ * <= e0 at level 0, if the key at e0 exists, is that key, tombstone or
+ * not.  A read op sees one instant either way: the epoch it loaded in
+ * op_begin.  A write op holds the object's stripe lock, so no other op
+ * changes it between this read and the op's commit.  Returns 1 found,
+ * 0 not there (use the iterator), -errno.
  */
 int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
 		 struct vres *r)
@@ -149,7 +152,7 @@ int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 {
 	memset(r, 0, sizeof(*r));
 	r->level = -1;
-	if (op->write && from == 0 && (!maxe || maxe == op->e0)) {
+	if (from == 0 && op->e0 && (!maxe || maxe == op->e0)) {
 		int ret = level0_exact(op, pfx, obj, olen, r);
 
 		if (ret != 0)
