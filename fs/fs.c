@@ -8,8 +8,10 @@
  *
  * Caching: all changes to a tree come through this mount, so the kernel
  * may keep file pages across opens (keep_cache) and attributes for
- * ATTR_TIMEOUT.  Writeback caching stays off: a write reaches RocksDB
- * before write(2) returns, and fsync only has to sync the WAL.
+ * ATTR_TIMEOUT.  By default writeback caching stays off: a write reaches
+ * RocksDB before write(2) returns, and fsync only has to sync the WAL.
+ * With --writeback (fs->writeback) the kernel caches writes and sends them
+ * at fsync, close, or under memory pressure (op_init, wb_open_flags).
  */
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
@@ -589,7 +591,11 @@ static void op_open(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 		reply_err(req, ret);
 		return;
 	}
-	/* Pages stay valid across opens unless O_TRUNC just dropped them. */
+	/* Pages stay valid across opens unless O_TRUNC just dropped them.
+	 * close(2) has nothing to tell the daemon: no FLUSH (noflush; in
+	 * write-back mode, where the kernel ignores noflush and writes the
+	 * file's dirty pages back at close, the ENOSYS libfuse answers to
+	 * the first FLUSH, no .flush op, turns FLUSH off for the mount). */
 	fi->keep_cache = !(fi->flags & O_TRUNC);
 	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) == -ENOENT)
@@ -658,11 +664,6 @@ static void op_write(fuse_req_t req, fuse_ino_t node, const char *buf,
 	if (fs->writeback_on && fs->se && blocks_changed)
 		fuse_lowlevel_notify_inval_inode(fs->se, node, -1, 0);
 	fuse_reply_write(req, (size_t)ret);
-}
-
-static void op_flush(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
-{
-	reply_err(req, 0);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t node,
@@ -1079,7 +1080,6 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.open = op_open,
 	.read = op_read,
 	.write = op_write,
-	.flush = op_flush,
 	.release = op_release,
 	.fsync = op_fsync,
 	.opendir = op_opendir,
