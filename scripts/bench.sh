@@ -109,7 +109,7 @@ settle() {
 		busy=$({ head -n 1 /proc/stat; sleep 1; head -n 1 /proc/stat; } | awk '
 			{ t = 0; for (f = 2; f <= NF; f++) t += $f; idle = $5 + $6 }
 			NR == 1 { t0 = t; i0 = idle }
-			NR == 2 { d = t - t0; printf "%d", d > 0 ? 100 * (d - (idle - i0)) / d : 0 }')
+			NR == 2 { d = t - t0; b = 0; if (d > 0) b = 100 * (d - (idle - i0)) / d; printf "%d", b }')
 		[ "$busy" -lt 25 ] && return 0
 	done
 	pgl_log "CPUs still ${busy}% busy after 10 s; measuring anyway"
