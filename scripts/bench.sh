@@ -328,7 +328,7 @@ mkdir -p "$(dirname "$OUT")"
 	echo "Per round (in round order; seconds or TPS):"
 	echo
 	for x in "${SIDES[@]}"; do
-		echo "- $x: initdb $(v "$x.initdb.all"); pgbench -i $(v "$x.init.all"); read-write $(v "$x.rw.all" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", i > 1 ? " " : "", $i }'); select-only $(v "$x.ro.all" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", i > 1 ? " " : "", $i }')"
+		echo "- $x: initdb $(v "$x.initdb.all"); pgbench -i $(v "$x.init.all"); read-write $(v "$x.rw.all" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? " " : ""), $i }'); select-only $(v "$x.ro.all" | awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? " " : ""), $i }')"
 	done
 	echo
 	echo "Plain PGDATA allocated on disk (du -sB1): $(mib "$(v plain.du_alloc)"). Sizes are taken after a"
