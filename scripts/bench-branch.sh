@@ -29,6 +29,9 @@
 # Then on a plain directory of the host disk, same scale, same settings:
 #   pgbench -i -s S (timed); CREATE DATABASE copy TEMPLATE bench, default
 #   strategy (wal_log) and STRATEGY file_copy (no other connection to bench);
+#   PostgreSQL's own crash recovery from about as much WAL as the branch
+#   under pgbench replayed (the floor of any crash-consistent branch: kill -9
+#   under the same pgbench, pg_ctl start -w, pg_isready; plain_crash_recovery);
 #   stop; cp -a of the PGDATA (and cp -a followed by sync).
 # Prints a markdown table and writes it to $BENCH_BRANCH_OUT.
 #
@@ -249,20 +252,7 @@ measure_ready() {
 		# phases from the server log: start-up to the start of redo (reading
 		# the control file, fsync of every file of PGDATA before crash
 		# recovery), redo, the end-of-recovery checkpoint
-		R[$s.${key}_phases]=$(awk '
-			function t(l) { split(substr(l, 12, 12), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
-			NR == 1 { t0 = t($0) }
-			/redo starts at|redo is not required|database system was shut down at/ && !rs { rs = t($0) }
-			/redo done at/ && !rd { rd = t($0) }
-			/checkpoint complete/ && !cc && !ok { cc = t($0) }
-			/ready to accept connections/ && !ok { ok = t($0) }
-			END {
-				if (!rs) rs = t0
-				if (!rd) rd = rs
-				if (!cc) cc = rd
-				if (!ok) ok = cc
-				printf "start-up %.2f s, redo %.2f s, end-of-recovery checkpoint %.2f s", rs - t0, rd - rs, (cc > rd) ? cc - rd : 0
-			}' "$dlog")
+		R[$s.${key}_phases]=$(start_phases "$dlog")
 		x=$(psql_db "$PORT2" "$DB" -c "select count(*) from pgbench_branches") || x="query failed"
 		[ "$x" = "$s" ] || pgl_log "s=$s: WARNING: branch $br has pgbench_branches count $x, expected $s"
 		pgl_log "s=$s: branch create $br -> accepting connections ${R[$s.$key]} s" \
@@ -271,6 +261,25 @@ measure_ready() {
 		pgl_stop "$MNT/$br/pgdata" || pgl_log "s=$s: WARNING: pg_ctl stop on branch $br failed"
 	fi
 	branch_delete "$br" "$L/$br.err"
+}
+
+# start_phases SERVERLOG: "start-up X s, redo Y s, end-of-recovery checkpoint
+# Z s" of a server start logged from its first line (log_line_prefix %m)
+start_phases() {
+	awk '
+		function t(l) { split(substr(l, 12, 12), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+		NR == 1 { t0 = t($0) }
+		/redo starts at|redo is not required|database system was shut down at/ && !rs { rs = t($0) }
+		/redo done at/ && !rd { rd = t($0) }
+		/checkpoint complete/ && !cc && !ok { cc = t($0) }
+		/ready to accept connections/ && !ok { ok = t($0) }
+		END {
+			if (!rs) rs = t0
+			if (!rd) rd = rs
+			if (!cc) cc = rd
+			if (!ok) ok = cc
+			printf "start-up %.2f s, redo %.2f s, end-of-recovery checkpoint %.2f s", rs - t0, rd - rs, (cc > rd) ? cc - rd : 0
+		}' "$1"
 }
 
 remount() {
@@ -401,6 +410,53 @@ bench_branchfs() {
 # ---------------------------------------------------------------------------
 # plain-directory side of one scale
 
+# plain_crash_recovery SCALE PGDATA: PostgreSQL's own floor for the start of
+# a branch of a busy server.  Such a branch is a crash image: its postgres
+# replays the WAL since the parent's last checkpoint, then writes its
+# end-of-recovery checkpoint.  Here the plain server runs the same pgbench
+# until about as much WAL as the branchfs side's branch replayed
+# (R[SCALE.ready_wal]) is written since a CHECKPOINT, is killed with
+# SIGKILL, and `pg_ctl start -w` + pg_isready are timed: the same recovery
+# on the host disk, without the parent's load competing for the CPUs.
+# R[SCALE.crash] (s), R[SCALE.crash_wal] (bytes), R[SCALE.crash_phases].
+plain_crash_recovery() {
+	local s=$1 pgdata=$2 want=${R[$1.ready_wal]:-} wal=0 i pid t0 t1 rc=0 log=$L/pg-plain-recovery.log
+	want=${want%%.*}
+	case $want in '' | *[!0-9]*) return 0 ;; esac
+	[ "$want" -gt 0 ] || return 0
+	pgl_log "s=$s plain: crash recovery from ~$(gib "$want") of WAL (kill -9 under pgbench)"
+	psql_db "$PORT" postgres -c checkpoint
+	bg_pgbench_start "$L/pgbench-bg-plain.log"
+	for ((i = 0; i < 600; i++)); do
+		wal=$(psql_db "$PORT" postgres -c \
+			"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
+		[ "$wal" -ge "$want" ] && break
+		sleep 0.5
+	done
+	pid=$(head -n 1 "$pgdata/postmaster.pid")
+	pgl_kill_tree "$pid"
+	bg_pgbench_stop
+	for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	R[$s.crash_wal]=$wal
+	touch "$log" && chown "$PG_OSUSER:" "$log"
+	PGL_LOGS+=("$log")
+	t0=$EPOCHREALTIME
+	pgl_as_pg "$PGBIN/pg_ctl" -D "$pgdata" -l "$log" -w -t 300 -o "$(pg_opts "$PORT")" start \
+		>"$L/plain-recovery-pgctl.out" 2>&1 || rc=$?
+	[ $rc -eq 0 ] && { "$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT" -U postgres -d postgres -t 60 || rc=$?; }
+	t1=$EPOCHREALTIME
+	if [ $rc -ne 0 ]; then
+		cat "$L/plain-recovery-pgctl.out" >&2
+		tail -n 20 "$log" >&2
+		pgl_die "plain postgres did not recover after kill -9"
+	fi
+	pid=$(head -n 1 "$pgdata/postmaster.pid" 2>/dev/null || true)
+	[ -n "$pid" ] && PGL_POSTMASTERS+=("$pid:$pgdata")
+	R[$s.crash]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+	R[$s.crash_phases]=$(start_phases "$log")
+	pgl_log "s=$s plain: crash recovery ${R[$s.crash]} s (${R[$s.crash_phases]}; $(gib "$wal") of WAL)"
+}
+
 bench_plain() {
 	local s=$1
 	local pgdata=$W/s$s/plain/pgdata
@@ -425,6 +481,7 @@ bench_plain() {
 		pgl_die "create database (file_copy)"
 	psql_db "$PORT" postgres -c "drop database copy"
 	psql_db "$PORT" postgres -c checkpoint
+	plain_crash_recovery "$s" "$pgdata"
 	pgl_stop "$pgdata" || pgl_die "stop plain postgres"
 	R[$s.plain_du]=$(du -sb "$pgdata" | cut -f1)
 
@@ -561,6 +618,11 @@ c_ready() {
 }
 c_ready_ckpt() { ready_cell "$1" ready_ckpt; }
 c_ready_idle() { ready_cell "$1" ready_idle; }
+c_crash() {
+	[ -n "$(v "$1.crash")" ] || { echo "n/a"; return; }
+	awk -v r="$(v "$1.crash")" -v ph="$(v "$1.crash_phases")" -v w="$(v "$1.crash_wal")" \
+		'BEGIN { printf "**%.2f s** (%s; %.0f MiB of WAL since the checkpoint)", r, ph, w / 1048576 }'
+}
 c_ready_1s() {
 	local k r out=
 	for k in ready ready_ckpt ready_idle; do
@@ -623,6 +685,7 @@ mkdir -p "$(dirname "$OUT")"
 	row "… < 1 s" "" c_ready_1s
 	row "… the same with \`branch create --checkpoint PGURL\` (CHECKPOINT timed too)" "" c_ready_ckpt
 	row "… main running but idle, just after a CHECKPOINT" "" c_ready_idle
+	row "PostgreSQL's own floor: crash recovery of the plain PGDATA from about as much WAL (kill -9 under the same pgbench, then \`pg_ctl start -w\`; host disk, no other load)" "" c_crash
 	row "\`cp -a\` of the stopped PGDATA, plain dir → plain dir (x branch create)" "" c_cp_plain
 	row "… \`cp -a\` then \`sync\`" "" c_cp_plain_sync
 	row "\`cp -a\` of the stopped PGDATA, branchfs mount → plain dir" "" c_cp_bfs
