@@ -422,6 +422,7 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 			return;
 		}
 		fi->keep_cache = 1;
+		fi->noflush = 1; /* as in op_open */
 		memset(&e, 0, sizeof(e));
 		e.ino = node_of(node_tree(parent), a.ino);
 		e.generation = 1;

@@ -54,7 +54,8 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 [ -n "$PGBIN" ] || { echo "bench: no PostgreSQL binaries; run scripts/install-deps.sh" >&2; exit 1; }
-case $ROUNDS in '' | *[!0-9]* | 0) echo "bench: BENCH_ROUNDS must be a positive integer" >&2; exit 1 ;; esac
+case $ROUNDS in '' | *[!0-9]*) ROUNDS=0 ;; *) ROUNDS=$((10#$ROUNDS)) ;; esac
+[ "$ROUNDS" -gt 0 ] || { echo "bench: BENCH_ROUNDS must be a positive integer" >&2; exit 1; }
 case $ONLY in '' | plain | branchfs | writeback) ;; *)
 	echo "bench: BENCH_ONLY must be plain, branchfs or writeback" >&2
 	exit 1
@@ -75,6 +76,7 @@ declare -A PORT # per side
 declare -A DATA # PGDATA per side
 declare -A BASE # directory per side: the plain directory or MNT/main
 declare -A STORE MNT DAEMON
+gcnote=
 
 SIDES=()
 for x in plain branchfs writeback; do
@@ -212,11 +214,12 @@ for x in "${SIDES[@]}"; do
 		continue
 	fi
 	R[$x.hwm]=
-	[ -n "${DAEMON[$x]}" ] && R[$x.hwm]=$(pgl_vmhwm_kb "${DAEMON[$x]}")
+	[ -n "${DAEMON[$x]}" ] && R[$x.hwm]=$(pgl_vmhwm_kb "${DAEMON[$x]}" || true)
 	# the rounds of pgbench -i left dropped tables for the collector
 	"$BRANCHFS" gc -s "${STORE[$x]}" >"$W/gc-$x.log" 2>&1 || {
 		cat "$W/gc-$x.log" >&2
 		pgl_log "branchfs gc failed"
+		gcnote=" (which FAILED on $x)"
 	}
 	pgl_umount "${MNT[$x]}" || pgl_die "branchfs umount"
 	"$BRANCHFS" stats "${STORE[$x]}" --json >"$W/stats-$x.json" 2>"$W/stats.err" || {
@@ -274,7 +277,7 @@ rrange() {
 		[ -z "$lo" ] || awk -v a="$q" -v b="$lo" 'BEGIN { exit !(a < b) }' && lo=$q
 		[ -z "$hi" ] || awk -v a="$q" -v b="$hi" 'BEGIN { exit !(a > b) }' && hi=$q
 	done
-	[ "$ROUNDS" -gt 1 ] && echo " (rounds ${lo}-${hi})"
+	if [ "$ROUNDS" -gt 1 ]; then echo " (rounds ${lo}-${hi})"; fi
 }
 for x in branchfs writeback; do
 	for m in initdb init rw ro; do
@@ -311,8 +314,9 @@ mkdir -p "$(dirname "$OUT")"
 	echo "plain directory on $fstype. Same server settings on every side:"
 	echo "\`${PGL_SETTINGS[*]} -c autovacuum=off\`, initdb \`${INITDB_FLAGS[*]} -E UTF8 --no-locale\`;"
 	echo "pgbench \`-c $CLIENTS -j $JOBS -T $SECS\` (read-write tpcb-like, then \`-S\` select-only)."
-	echo "Each figure is the median of $ROUNDS rounds with the sides interleaved; the ratio is that of"
-	echo "the medians, the verdict is on it, and the range is of the $ROUNDS per-round ratios."
+	echo "Each time and TPS is the median of $ROUNDS rounds with the sides interleaved; the ratio is that"
+	echo "of the medians, the verdict is on it, and the range is of the $ROUNDS per-round ratios. Sizes"
+	echo "and memory are measured once, at the end."
 	echo
 	echo "| measure | plain dir | branchfs (write-through) | /plain | branchfs --writeback (quickstart, PostgreSQL mode) | /plain | target |"
 	echo "|---|---:|---:|---|---:|---|---|"
@@ -332,7 +336,8 @@ mkdir -p "$(dirname "$OUT")"
 	done
 	echo
 	echo "Plain PGDATA allocated on disk (du -sB1): $(mib "$(v plain.du_alloc)"). Sizes are taken after a"
-	echo "clean stop; the store size includes RocksDB's WAL, not yet compacted files and the 64 MiB"
+	echo "clean stop (every PGDATA keeps up to max_wal_size of WAL), stored_bytes after \`branchfs gc\`$gcnote;"
+	echo "the store size includes RocksDB's WAL, not yet compacted files and the 64 MiB"
 	echo "STORE/reserve file kept for deleting on a full disk."
 } >"$OUT"
 

@@ -177,8 +177,8 @@ struct vres {
 int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 	 uint64_t maxe, struct vres *r);
 /*
- * Write ops' fast path: the exact key (level 0, op epoch), which shadows
- * every older version and ancestor.  1 found (*r filled as by vget), 0 not
+ * vget's fast path: the exact key (level 0, op epoch), which shadows every
+ * older version and ancestor.  1 found (*r filled as by vget), 0 not
  * there, -errno.
  */
 int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,

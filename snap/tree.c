@@ -115,10 +115,11 @@ out:
 }
 
 /*
- * Fast path of vget at level 0: the exact key (level 0, op epoch).  Objects
- * are usually written in the current epoch (always, on a branch never
- * snapshotted since), and a point read (bloom filters, no iterator to
- * build) is far cheaper than creating an iterator.  The newest version
+ * Fast path of vget at level 0: the exact key (level 0, op epoch).  What a
+ * branch itself wrote since its last snapshot is there, and a point read
+ * (bloom filters, no iterator to build) is far cheaper than creating an
+ * iterator; a miss (an object inherited or older than the epoch) costs one
+ * point read on top of the iterators.  The newest version
  * <= e0 at level 0, if the key at e0 exists, is that key, tombstone or
  * not.  A read op sees one instant either way: the epoch it loaded in
  * op_begin.  A write op holds the object's stripe lock, so no other op
