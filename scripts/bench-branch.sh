@@ -433,10 +433,11 @@ plain_crash_recovery() {
 		[ "$wal" -ge "$want" ] && break
 		sleep 0.5
 	done
+	[ "$wal" -ge "$want" ] ||
+		pgl_log "s=$s plain: WARNING: only $(gib "$wal") of WAL since the checkpoint after 5 min (a checkpoint ran?)"
 	pid=$(head -n 1 "$pgdata/postmaster.pid")
-	pgl_kill_tree "$pid"
+	pgl_kill9_postmaster "$pid" || pgl_die "plain postgres survived kill -9"
 	bg_pgbench_stop
-	for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 	R[$s.crash_wal]=$wal
 	touch "$log" && chown "$PG_OSUSER:" "$log"
 	PGL_LOGS+=("$log")
@@ -450,6 +451,10 @@ plain_crash_recovery() {
 		tail -n 20 "$log" >&2
 		pgl_die "plain postgres did not recover after kill -9"
 	fi
+	# the record of the killed postmaster goes: its pid may be reused
+	local e keep=()
+	for e in "${PGL_POSTMASTERS[@]}"; do [ "${e#*:}" = "$pgdata" ] || keep+=("$e"); done
+	PGL_POSTMASTERS=("${keep[@]}")
 	pid=$(head -n 1 "$pgdata/postmaster.pid" 2>/dev/null || true)
 	[ -n "$pid" ] && PGL_POSTMASTERS+=("$pid:$pgdata")
 	R[$s.crash]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
@@ -481,7 +486,6 @@ bench_plain() {
 		pgl_die "create database (file_copy)"
 	psql_db "$PORT" postgres -c "drop database copy"
 	psql_db "$PORT" postgres -c checkpoint
-	plain_crash_recovery "$s" "$pgdata"
 	pgl_stop "$pgdata" || pgl_die "stop plain postgres"
 	R[$s.plain_du]=$(du -sb "$pgdata" | cut -f1)
 
@@ -493,6 +497,11 @@ bench_plain() {
 	R[$s.cp_plain]=$(pgl_elapsed "$t")
 	sync
 	R[$s.cp_plain_sync]=$(pgl_elapsed "$t")
+	rm -rf "$W/s$s/plain/copy"
+	# last, as it leaves the PGDATA with minutes of pgbench in it
+	pg_start_or_die "$pgdata" "$PORT" "$L/pg-plain.log"
+	plain_crash_recovery "$s" "$pgdata"
+	pgl_stop "$pgdata" || pgl_die "stop plain postgres"
 	rm -rf "$W/s$s/plain"
 }
 
