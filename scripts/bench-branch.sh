@@ -17,7 +17,10 @@
 #     main's last checkpoint; if that postgres fails to start, the failure is
 #     reported and the measure is retried once after `branchfs gc`; (b) the
 #     same with `branch create --checkpoint PGURL` (the CHECKPOINT is timed
-#     too); (c) main running but idle, just after a CHECKPOINT.  The phases of
+#     too); (c) like (a) with about as much WAL, but main's pgbench stopped
+#     right after the create (recovery without competing load, to compare
+#     with PostgreSQL's own crash recovery on the plain disk below); (d) main
+#     running but idle, just after a CHECKPOINT.  The phases of
 #     the start (start-up, redo, end-of-recovery checkpoint) come from the
 #     server log;
 #   `branchfs version` 20 times under the same load: process start-up alone;
@@ -226,6 +229,7 @@ measure_ready() {
 	"$BRANCHFS" branch create "$br" "$@" -s "$STORE" >"$L/$br.out" 2>&1 || rc=$?
 	t1=$EPOCHREALTIME
 	[ $rc -eq 0 ] || pgl_die "branch create $br $*: $(cat "$L/$br.out")"
+	[ -n "${READY_UNLOAD:-}" ] && bg_pgbench_stop
 	pgl_as_pg "$PGBIN/pg_ctl" -D "$MNT/$br/pgdata" -l "$dlog" -w -t 300 -o "$(pg_opts "$PORT2")" start \
 		>"$L/$br-pgctl.out" 2>&1 || rc=$?
 	t2=$EPOCHREALTIME
@@ -280,6 +284,20 @@ start_phases() {
 			if (!ok) ok = cc
 			printf "start-up %.2f s, redo %.2f s, end-of-recovery checkpoint %.2f s", rs - t0, rd - rs, (cc > rd) ? cc - rd : 0
 		}' "$1"
+}
+
+# wait_wal BYTES: until main has that much WAL since its last checkpoint
+# (at most 5 minutes; a warning if not reached)
+wait_wal() {
+	local want=$1 wal=0 i
+	case $want in '' | *[!0-9]*) return 0 ;; esac
+	for ((i = 0; i < 600; i++)); do
+		wal=$(psql_db "$PORT" postgres -c \
+			"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
+		[ "$wal" -ge "$want" ] && return 0
+		sleep 0.5
+	done
+	pgl_log "WARNING: only $(gib "$wal") of WAL since the checkpoint after 5 min (a checkpoint ran?)"
 }
 
 remount() {
@@ -354,6 +372,12 @@ bench_branchfs() {
 	sed -i '/^$/d' "$L/version-wall"
 
 	R[$s.bg_tps]=$(progress_tps "$L/pgbench-bg.log")
+	# the same crash image once more, but main's pgbench stops right after the
+	# create: the branch's recovery without the parent's load competing for
+	# the CPUs, to compare with PostgreSQL's own crash recovery on the plain
+	# disk (plain_crash_recovery); about as much WAL as (a) had first
+	wait_wal "${R[$s.ready_wal]%%.*}"
+	READY_UNLOAD=1 measure_ready "$s" ready_unload u
 	bg_pgbench_stop
 
 	# --- the same creations with postgres idle, for reference
@@ -427,14 +451,9 @@ plain_crash_recovery() {
 	pgl_log "s=$s plain: crash recovery from ~$(gib "$want") of WAL (kill -9 under pgbench)"
 	psql_db "$PORT" postgres -c checkpoint
 	bg_pgbench_start "$L/pgbench-bg-plain.log"
-	for ((i = 0; i < 600; i++)); do
-		wal=$(psql_db "$PORT" postgres -c \
-			"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
-		[ "$wal" -ge "$want" ] && break
-		sleep 0.5
-	done
-	[ "$wal" -ge "$want" ] ||
-		pgl_log "s=$s plain: WARNING: only $(gib "$wal") of WAL since the checkpoint after 5 min (a checkpoint ran?)"
+	wait_wal "$want"
+	wal=$(psql_db "$PORT" postgres -c \
+		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
 	pid=$(head -n 1 "$pgdata/postmaster.pid")
 	pgl_kill9_postmaster "$pid" || pgl_die "plain postgres survived kill -9"
 	bg_pgbench_stop
@@ -627,6 +646,7 @@ c_ready() {
 }
 c_ready_ckpt() { ready_cell "$1" ready_ckpt; }
 c_ready_idle() { ready_cell "$1" ready_idle; }
+c_ready_unload() { ready_cell "$1" ready_unload; }
 c_crash() {
 	[ -n "$(v "$1.crash")" ] || { echo "n/a"; return; }
 	awk -v r="$(v "$1.crash")" -v ph="$(v "$1.crash_phases")" -v w="$(v "$1.crash_wal")" \
@@ -634,11 +654,11 @@ c_crash() {
 }
 c_ready_1s() {
 	local k r out=
-	for k in ready ready_ckpt ready_idle; do
+	for k in ready ready_ckpt ready_unload ready_idle; do
 		r=$(v "$1.$k")
 		[ -n "$r" ] || continue
 		[ "$r" = FAILED ] || r=$(awk -v r="$r" 'BEGIN { print (r < 1) ? "met" : "MISSED" }')
-		case $k in ready) k="under pgbench" ;; ready_ckpt) k="--checkpoint" ;; ready_idle) k="idle" ;; esac
+		case $k in ready) k="under pgbench" ;; ready_ckpt) k="--checkpoint" ;; ready_unload) k="load stopped" ;; ready_idle) k="idle" ;; esac
 		out="${out:+$out, }$k: $r"
 	done
 	echo "${out:-n/a}"
@@ -694,6 +714,7 @@ mkdir -p "$(dirname "$OUT")"
 	row "… < 1 s" "" c_ready_1s
 	row "… the same with \`branch create --checkpoint PGURL\` (CHECKPOINT timed too)" "" c_ready_ckpt
 	row "… main running but idle, just after a CHECKPOINT" "" c_ready_idle
+	row "… the crash image under pgbench again, main's pgbench stopped right after the create (the branch's recovery without competing load)" "" c_ready_unload
 	row "PostgreSQL's own floor: crash recovery of the plain PGDATA from about as much WAL (kill -9 under the same pgbench, then \`pg_ctl start -w\`; host disk, no other load)" "" c_crash
 	row "\`cp -a\` of the stopped PGDATA, plain dir → plain dir (x branch create)" "" c_cp_plain
 	row "… \`cp -a\` then \`sync\`" "" c_cp_plain_sync
@@ -733,7 +754,7 @@ mkdir -p "$(dirname "$OUT")"
 		[ -s "$LOGS/s$s/b/wall" ] || continue
 		echo "- scale $s, under pgbench: $(tr '\n' ' ' <"$LOGS/s$s/b/wall")"
 		echo "- scale $s, store_ms: $(tr '\n' ' ' <"$LOGS/s$s/b/store")"
-		for k in ready ready_retry ready_ckpt ready_idle; do
+		for k in ready ready_retry ready_ckpt ready_unload ready_idle; do
 			[ "$(v "$s.$k")" = FAILED ] || continue
 			echo "- scale $s: postgres on the branch ($k) failed: \`$(v "$s.${k}_why")\`;" \
 				"STORE/branchfs.log: \`$(v "$s.${k}_bfslog")\`"
