@@ -593,10 +593,11 @@ static void op_open(fuse_req_t req, fuse_ino_t node, struct fuse_file_info *fi)
 		return;
 	}
 	/* Pages stay valid across opens unless O_TRUNC just dropped them.
-	 * close(2) has nothing to tell the daemon: no FLUSH (noflush; in
-	 * write-back mode, where the kernel ignores noflush and writes the
-	 * file's dirty pages back at close, the ENOSYS libfuse answers to
-	 * the first FLUSH, no .flush op, turns FLUSH off for the mount). */
+	 * close(2) has nothing to tell the daemon, so no FLUSH: noflush
+	 * asks for that.  In write-back mode the kernel ignores noflush (it
+	 * writes the file's dirty pages back at close, then sends FLUSH);
+	 * there is no .flush op, libfuse answers the first FLUSH with ENOSYS,
+	 * and the kernel then stops sending FLUSH for the mount. */
 	fi->keep_cache = !(fi->flags & O_TRUNC);
 	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) == -ENOENT)
