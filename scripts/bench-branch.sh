@@ -12,7 +12,7 @@
 #     the same 20 creates once more with postgres idle, for reference;
 #   time from the start of `branch create X` to the branch's postgres accepting
 #     connections (pg_ctl start -w on MNT/X/pgdata with another port, then
-#     pg_isready), three ways: (a) pgbench still running on main, so the
+#     pg_isready), four ways: (a) pgbench still running on main, so the
 #     branch holds a crash image and its postgres replays the WAL written since
 #     main's last checkpoint; if that postgres fails to start, the failure is
 #     reported and the measure is retried once after `branchfs gc`; (b) the
