@@ -162,10 +162,10 @@ static int adopt(struct snap *s, struct snap_branch *nb, int ret, uint32_t *id)
 {
 	/* Its record (and the data it shares) is durable once the commit
 	 * just made on this thread is: an fsync in it waits for that. */
-	if (ret == 0)
+	if (ret == 0) {
 		atomic_store(&nb->sync_need, kv_thread_ticket(s->kv));
-	if (ret == 0)
 		ret = table_add(s, nb);
+	}
 	if (ret < 0) {
 		branch_free(nb);
 		return ret;

@@ -119,12 +119,12 @@ out:
  * branch itself wrote since its last snapshot is there, and a point read
  * (bloom filters, no iterator to build) is far cheaper than creating an
  * iterator; a miss (an object inherited or older than the epoch) costs one
- * point read on top of the iterators.  The newest version
- * <= e0 at level 0, if the key at e0 exists, is that key, tombstone or
- * not.  A read op sees one instant either way: the epoch it loaded in
- * op_begin.  A write op holds the object's stripe lock, so no other op
- * changes it between this read and the op's commit.  Returns 1 found,
- * 0 not there (use the iterator), -errno.
+ * point read on top of the iterators.  The newest version <= e0 at level
+ * 0, if the key at e0 exists, is that key, tombstone or not.  A read op
+ * sees one instant either way: the epoch it loaded in op_begin.  A write op
+ * holds the object's stripe lock, so no other op changes it between this
+ * read and the op's commit.  Returns 1 found, 0 not there (use the
+ * iterator), -errno.
  */
 int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
 		 struct vres *r)
