@@ -221,8 +221,7 @@ measure_ready() {
 	local s=$1 key=$2 br=$3 t0 t1 t2 t3 rc=0 x dlog=$L/pg-$3.log
 	shift 3
 	pgl_log "s=$s branchfs: branch create $br $*; pg_ctl start -w on MNT/$br/pgdata; pg_isready"
-	R[$s.${key}_wal]=$(psql_db "$PORT" postgres -c \
-		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) from pg_control_checkpoint()")
+	R[$s.${key}_wal]=$(wal_since_ckpt)
 	touch "$dlog" && chown "$PG_OSUSER:" "$dlog"
 	PGL_LOGS+=("$dlog")
 	t0=$EPOCHREALTIME
@@ -286,14 +285,19 @@ start_phases() {
 		}' "$1"
 }
 
-# wait_wal BYTES: until main has that much WAL since its last checkpoint
-# (at most 5 minutes; a warning if not reached)
+# bytes of WAL the server on $PORT wrote since its last checkpoint's redo point
+wal_since_ckpt() {
+	psql_db "$PORT" postgres -c \
+		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()"
+}
+
+# wait_wal BYTES: until the server on $PORT has that much WAL since its last
+# checkpoint (at most 5 minutes; a warning if not reached)
 wait_wal() {
 	local want=$1 wal=0 i
 	case $want in '' | *[!0-9]*) return 0 ;; esac
 	for ((i = 0; i < 600; i++)); do
-		wal=$(psql_db "$PORT" postgres -c \
-			"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
+		wal=$(wal_since_ckpt)
 		[ "$wal" -ge "$want" ] && return 0
 		sleep 0.5
 	done
@@ -376,7 +380,7 @@ bench_branchfs() {
 	# create: the branch's recovery without the parent's load competing for
 	# the CPUs, to compare with PostgreSQL's own crash recovery on the plain
 	# disk (plain_crash_recovery); about as much WAL as (a) had first
-	wait_wal "${R[$s.ready_wal]%%.*}"
+	wait_wal "${R[$s.ready_wal]}"
 	READY_UNLOAD=1 measure_ready "$s" ready_unload u
 	bg_pgbench_stop
 
@@ -444,16 +448,14 @@ bench_branchfs() {
 # on the host disk, without the parent's load competing for the CPUs.
 # R[SCALE.crash] (s), R[SCALE.crash_wal] (bytes), R[SCALE.crash_phases].
 plain_crash_recovery() {
-	local s=$1 pgdata=$2 want=${R[$1.ready_wal]:-} wal=0 i pid t0 t1 rc=0 log=$L/pg-plain-recovery.log
-	want=${want%%.*}
+	local s=$1 pgdata=$2 want=${R[$1.ready_wal]:-} wal=0 pid t0 t1 rc=0 log=$L/pg-plain-recovery.log
 	case $want in '' | *[!0-9]*) return 0 ;; esac
 	[ "$want" -gt 0 ] || return 0
 	pgl_log "s=$s plain: crash recovery from ~$(gib "$want") of WAL (kill -9 under pgbench)"
 	psql_db "$PORT" postgres -c checkpoint
 	bg_pgbench_start "$L/pgbench-bg-plain.log"
 	wait_wal "$want"
-	wal=$(psql_db "$PORT" postgres -c \
-		"select pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint from pg_control_checkpoint()")
+	wal=$(wal_since_ckpt)
 	pid=$(head -n 1 "$pgdata/postmaster.pid")
 	pgl_kill9_postmaster "$pid" || pgl_die "plain postgres survived kill -9"
 	bg_pgbench_stop
