@@ -194,7 +194,9 @@ enum bfs_codec {
  *   M2  a visible inode's nlink equals the number of visible dirents naming
  *       it (directories: 2 + subdirectories; root: 2 + subdirectories);
  *   M3  every block-map value names a block in "blocks" with count > 0;
- *   M4  keys at an epoch above a branch's current epoch never exist.
+ *   M4  keys at an epoch above a branch's current epoch never exist, nor
+ *       at epoch 0: a branch starts at epoch 1 (reads rely on it: at
+ *       epoch 1 the exact key is the only possible version, level0_done).
  * ---------------------------------------------------------------------- */
 #define BFS_PFX_INODE 'i'
 #define BFS_PFX_DIRENT 'd'

@@ -98,12 +98,13 @@ static void bmap_key_bounds(uint8_t *lo, uint8_t *hi, uint32_t b, uint64_t ino,
 }
 
 /*
- * Fast path of a one-block write: the exact key (level 0, op epoch), which
+ * Fast path of a one-block access: the exact key (level 0, op epoch), which
  * shadows every older version and every ancestor.  Whether an older version
  * exists is not known here, so the entry says `below`: the conservative
  * answer (a hole written over it becomes a tombstone instead of a delete,
- * which is always correct).  Returns 1 found (*out holds it), 0 not there,
- * -errno.  The caller holds the inode's stripe lock.
+ * which is always correct; reads ignore it).  Returns 1 found (*out holds
+ * it), 0 not there, -errno.  A writing caller holds the inode's stripe
+ * lock; a reader sees the key as of one instant, as an iterator would.
  */
 static int bmap_exact(struct op *op, uint64_t ino, uint64_t blk,
 		      struct bvec *out)
@@ -137,15 +138,21 @@ static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		     uint64_t last, struct bvec *out)
 {
 	struct bvec all = { 0 };
-	int ret = 0;
+	int ret = 0, start = 0;
 
 	out->n = 0;
-	if (op->write && last == first + 1) {
+	/* One block: a point read of the exact key first.  Writes always try
+	 * it (what they overwrite is mostly their own epoch's); reads only
+	 * when it settles level 0 either way (level0_done), else a miss
+	 * would cost the point read on top of the iterator. */
+	if (last == first + 1 && (op->write || level0_done(op))) {
 		ret = bmap_exact(op, ino, first, out);
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
+		if (level0_done(op))
+			start = 1;
 	}
-	for (int l = 0; l < op->n && ret == 0; l++) {
+	for (int l = start; l < op->n && ret == 0; l++) {
 		uint8_t lo[24], hi[24];
 		size_t ll, hl;
 		uint64_t e = op_epoch(op, l), lastblk = UINT64_MAX;

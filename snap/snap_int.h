@@ -30,6 +30,8 @@
 #define SNAP_INO_CHUNK 1024u
 #define SNAP_KEY_MAX 600u
 
+struct upcache;
+
 struct snap_branch {
 	uint32_t id;
 	uint32_t parent_id;     /* the tree it reads through (ancestry) */
@@ -74,6 +76,7 @@ struct snap_tree {
 				 * levels of branches without keys are left out */
 	struct snap_tree *next; /* tree table chain */
 	struct snap_branch *pin; /* pinned branch, once deleted while held */
+	_Atomic(struct upcache *) uc; /* ancestor lookups (upcache.c) */
 };
 
 struct snap_open_ent {
@@ -170,9 +173,9 @@ struct vres {
 };
 /*
  * Find the newest version of object (pfx, obj) visible from level @from
- * (with epochs <= @maxe at that level, or the level's own epoch if maxe is
- * 0) downwards.  Returns 0 (r filled; r->level -1 if none) or -errno.
- * The caller frees r->val.
+ * (0 or 1) downwards, with epochs <= @maxe at level 0 if maxe is not 0.
+ * Returns 0 (r filled; r->level -1 if none) or -errno.  The caller frees
+ * r->val.
  */
 int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 	 uint64_t maxe, struct vres *r);
@@ -183,6 +186,23 @@ int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
  */
 int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
 		 struct vres *r);
+/* After level0_exact missed: true if level 0 holds no older version either
+ * (epoch 1 is a branch's first; see level0_exact), so its iterator can be
+ * skipped. */
+static inline bool level0_done(const struct op *op)
+{
+	return op->e0 == 1;
+}
+/* Newest version of (pfx, obj) with epoch <= e in branch b alone: 1 found
+ * (*val malloc()ed or NULL for a tombstone), 0 none, -errno. */
+int level_get(struct kv *kv, char pfx, uint32_t b, const void *obj,
+	      size_t olen, uint64_t e, void **val, size_t *vlen,
+	      uint64_t *epoch);
+/* vget over levels >= 1 only (the frozen ancestors), through the tree's
+ * cache (upcache.c); *r must start zeroed.  0 or -errno. */
+int upper_get(struct op *op, char pfx, const void *obj, size_t olen,
+	      struct vres *r);
+void upcache_free(struct upcache *c);
 /* True if a live version exists below (level 0, op epoch). */
 int vhas_older(struct op *op, char pfx, const void *obj, size_t olen);
 /*

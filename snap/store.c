@@ -254,6 +254,7 @@ out_nomem:
 
 static void tree_free(struct snap_tree *t)
 {
+	upcache_free(atomic_load(&t->uc));
 	free(t->lv);
 	free(t);
 }

@@ -72,9 +72,9 @@ size_t mkkey(uint8_t *k, char pfx, uint32_t b, const void *obj, size_t olen,
  * Newest version of (pfx, b, obj) with epoch <= e at one level.
  * Returns 1 found (*val / *vlen / *epoch set), 0 none, -errno.
  */
-static int level_get(struct kv *kv, char pfx, uint32_t b, const void *obj,
-		     size_t olen, uint64_t e, void **val, size_t *vlen,
-		     uint64_t *epoch)
+int level_get(struct kv *kv, char pfx, uint32_t b, const void *obj,
+	      size_t olen, uint64_t e, void **val, size_t *vlen,
+	      uint64_t *epoch)
 {
 	uint8_t lo[SNAP_KEY_MAX], hi[SNAP_KEY_MAX];
 	size_t klen = mkkey(lo, pfx, b, obj, olen, e);
@@ -125,6 +125,13 @@ out:
  * holds the object's stripe lock, so no other op changes it between this
  * read and the op's commit.  Returns 1 found, 0 not there (use the
  * iterator), -errno.
+ *
+ * Every key of a branch carries an epoch from 1 (its first) to its current
+ * one: writes go to the head epoch only (vput, vdel, set_block,
+ * purge_current, fsck's repair), and epochs only grow.  So at e0 == 1 (a
+ * branch not snapshotted since it was made or reset, the common case of a
+ * fresh branch) a miss here means the object has no version at level 0 at
+ * all, and callers skip level 0's iterator (level0_done).
  */
 int level0_exact(struct op *op, char pfx, const void *obj, size_t olen,
 		 struct vres *r)
@@ -158,24 +165,28 @@ int vget(struct op *op, char pfx, const void *obj, size_t olen, int from,
 
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
+		if (level0_done(op))
+			from = 1, maxe = 0;
 	}
-	for (int l = from; l < op->n; l++) {
-		uint64_t e = (l == from && maxe) ? maxe : op_epoch(op, l);
-		int ret;
+	if (from == 0) {
+		uint64_t e = maxe ? maxe : op->e0;
+		int ret = 0;
 
-		if (e == 0)
-			continue;
-		ret = level_get(op->kv, pfx, op->lv[l].b, obj, olen, e, &r->val,
-				&r->vlen, &r->epoch);
+		if (e)
+			ret = level_get(op->kv, pfx, op->lv[0].b, obj, olen, e,
+					&r->val, &r->vlen, &r->epoch);
 		if (ret < 0)
 			return ret;
 		if (ret == 1) {
-			r->level = l;
+			r->level = 0;
 			r->live = r->vlen > 0;
 			return 0;
 		}
+		from = 1, maxe = 0;
 	}
-	return 0;
+	if (from != 1 || maxe)
+		return -EINVAL; /* no caller: maxe applies at level 0 only */
+	return upper_get(op, pfx, obj, olen, r);
 }
 
 /*

@@ -4058,6 +4058,104 @@ static void test_sync_tree(void **state)
 
 #define T_(f) cmocka_unit_test_setup_teardown(f, setup, env_teardown)
 
+/*
+ * The ancestor cache (snap/upcache.c) keeps what a tree read at its frozen
+ * levels.  More names than its slots (evictions and collisions), read
+ * twice; the parent changing afterwards (never visible); the branch's own
+ * writes shadowing cached entries; a reset (a new tree, a new cache); a
+ * deep chain; and misses (names that no level has).
+ */
+#define UC_N 3000
+static void test_ancestor_cache(void **state)
+{
+	struct env *e = *state;
+	struct snap_tree *b, *d;
+	uint64_t ino[UC_N];
+	char nm[16], want[32];
+
+	for (int i = 0; i < UC_N; i++) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		snprintf(want, sizeof(want), "main %d", i);
+		ino[i] = mkf(e->t, ROOT, nm);
+		put_str(e->t, ino[i], want);
+	}
+	branch(e, "uc", NULL);
+	b = T(e, "uc");
+	for (int pass = 0; pass < 2; pass++) {
+		for (int i = 0; i < UC_N; i += 7) {
+			snprintf(nm, sizeof(nm), "f%04d", i);
+			assert_int_equal(lk(b, ROOT, nm), ino[i]);
+			snprintf(want, sizeof(want), "main %d", i);
+			check_str(b, ino[i], want);
+			snprintf(nm, sizeof(nm), "g%04d", i); /* never made */
+			assert_int_equal(lkq(b, ROOT, nm), 0);
+		}
+	}
+	/* main moves on: the branch keeps the branch point */
+	for (int i = 0; i < UC_N; i += 7) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		if (i % 2) {
+			assert_int_equal(snap_unlink(e->t, ROOT, nm), 0);
+		} else {
+			put_str(e->t, ino[i], "main later");
+			set_mode(e->t, ino[i], 0600);
+		}
+		snprintf(nm, sizeof(nm), "g%04d", i);
+		mkf(e->t, ROOT, nm);
+	}
+	for (int i = 0; i < UC_N; i += 7) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		assert_int_equal(lk(b, ROOT, nm), ino[i]);
+		snprintf(want, sizeof(want), "main %d", i);
+		check_str(b, ino[i], want);
+		assert_int_equal(ga(b, ino[i]).mode & 07777, 0644);
+		snprintf(nm, sizeof(nm), "g%04d", i);
+		assert_int_equal(lkq(b, ROOT, nm), 0);
+	}
+	/* the branch's own changes shadow what it read through */
+	for (int i = 0; i < UC_N; i += 14) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		if (i % 28) {
+			assert_int_equal(snap_unlink(b, ROOT, nm), 0);
+			assert_int_equal(lkq(b, ROOT, nm), 0);
+		} else {
+			put_str(b, ino[i], "branch");
+			set_mode(b, ino[i], 0640);
+			check_str(b, ino[i], "branch");
+			assert_int_equal(ga(b, ino[i]).mode & 07777, 0640);
+		}
+	}
+	/* a branch of the branch, a snapshot of it, and a reset */
+	snapshot(e, "uc", "uc-s");
+	branch(e, "uc2", "uc");
+	d = T(e, "uc2");
+	for (int i = 0; i < UC_N; i += 7) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		if (i % 14 == 0 && i % 28) {
+			assert_int_equal(lkq(d, ROOT, nm), 0);
+			continue;
+		}
+		assert_int_equal(lk(d, ROOT, nm), ino[i]);
+		if (i % 28 == 0)
+			snprintf(want, sizeof(want), "branch");
+		else
+			snprintf(want, sizeof(want), "main %d", i);
+		check_str(d, ino[i], want);
+	}
+	snap_tree_put(d);
+	snap_tree_put(b);
+	assert_int_equal(snap_branch_reset(e->s, "uc", NULL, false, NULL), 0);
+	b = T(e, "uc");
+	for (int i = 0; i < UC_N; i += 14) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		assert_int_equal(lk(b, ROOT, nm), ino[i]);
+		snprintf(want, sizeof(want), "main %d", i);
+		check_str(b, ino[i], want);
+		assert_int_equal(ga(b, ino[i]).mode & 07777, 0644);
+	}
+	snap_tree_put(b);
+}
+
 int main(void)
 {
 	const char *child = getenv("BFS_BRANCH_TEST_CHILD");
@@ -4067,6 +4165,7 @@ int main(void)
 		T_(test_sync_tree),
 		T_(test_tombstones),
 		T_(test_ancestry_50),
+		T_(test_ancestor_cache),
 		T_(test_rename_links_snapshot),
 		T_(test_truncate_extend_branch),
 		T_(test_readdir_merge),
