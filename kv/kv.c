@@ -722,9 +722,6 @@ int kv_sync_to(struct kv *kv, uint64_t upto)
 		return ret;
 	if (kv->readonly)
 		return 0;
-	ret = wal_err_get(kv);
-	if (ret)
-		return ret;
 
 	pthread_mutex_lock(&kv->sync_lock);
 	ticket = atomic_load(&kv->committed);
@@ -747,6 +744,14 @@ int kv_sync_to(struct kv *kv, uint64_t upto)
 			continue;
 		}
 
+		/* Checked here, by every would-be leader, not once on entry:
+		 * a write or sync may have failed while this caller waited,
+		 * and the WAL must not be synced then (wal_err).  A caller
+		 * whose commits were all synced before gets 0: they are
+		 * durable. */
+		ret = wal_err_get(kv);
+		if (ret)
+			break;
 		target = atomic_load(&kv->committed);
 		kv->syncing = true;
 		kv->sync_target = target;
