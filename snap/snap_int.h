@@ -10,7 +10,7 @@
  *   3. branch->ns_lock          namespace ops (dirents) of the branch
  *   4. snap->stripes[i]         per-inode record locks, ascending index
  *   5. kv's block lock          taken inside kv_block_ref*, until commit
- *   6. snap->open_lock, snap->ino_lock   leaf locks
+ *   6. snap->open_lock, snap->ino_lock, a tree's upcache lock   leaf locks
  *
  * Invariant: an operation reads the branch's current epoch E once, under
  * epoch_lock held shared, and writes keys at epoch E only; so a snapshot
@@ -97,6 +97,7 @@ struct snap {
 	struct snap_tree *trees;      /* protected by tree_lock */
 	struct snap_branch **branches; /* protected by tree_lock */
 	size_t nbranches;
+	_Atomic size_t uc_bytes;      /* held by the trees' upcaches */
 
 	pthread_mutex_t ino_lock;
 	uint64_t next_ino;     /* protected by ino_lock */
@@ -203,6 +204,8 @@ int level_get(struct kv *kv, char pfx, uint32_t b, const void *obj,
 int upper_get(struct op *op, char pfx, const void *obj, size_t olen,
 	      struct vres *r);
 void upcache_free(struct upcache *c);
+/* Lookups the tree's cache answered so far (tests). */
+uint64_t upcache_hits(struct snap_tree *t);
 /* True if a live version exists below (level 0, op epoch). */
 int vhas_older(struct op *op, char pfx, const void *obj, size_t olen);
 /*

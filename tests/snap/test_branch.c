@@ -4079,6 +4079,23 @@ static void test_ancestor_cache(void **state)
 		ino[i] = mkf(e->t, ROOT, nm);
 		put_str(e->t, ino[i], want);
 	}
+	{ /* a value too big to cache, read twice */
+		char big[4000], got[4000];
+
+		memset(big, 'x', sizeof(big));
+		assert_int_equal(snap_setxattr(e->t, ino[1], "user.big", big,
+					       sizeof(big), 0), 0);
+		branch(e, "ucx", NULL);
+		b = T(e, "ucx");
+		for (int i = 0; i < 2; i++) {
+			memset(got, 0, sizeof(got));
+			assert_int_equal(snap_getxattr(b, ino[1], "user.big",
+						       got, sizeof(got)),
+					 (ssize_t)sizeof(big));
+			assert_memory_equal(got, big, sizeof(big));
+		}
+		snap_tree_put(b);
+	}
 	branch(e, "uc", NULL);
 	b = T(e, "uc");
 	for (int pass = 0; pass < 2; pass++) {
@@ -4091,6 +4108,8 @@ static void test_ancestor_cache(void **state)
 			assert_int_equal(lkq(b, ROOT, nm), 0);
 		}
 	}
+	/* the second pass was answered by the cache */
+	assert_true(upcache_hits(b) >= 2 * (UC_N / 7));
 	/* main moves on: the branch keeps the branch point */
 	for (int i = 0; i < UC_N; i += 7) {
 		snprintf(nm, sizeof(nm), "f%04d", i);
@@ -4128,6 +4147,28 @@ static void test_ancestor_cache(void **state)
 	/* a branch of the branch, a snapshot of it, and a reset */
 	snapshot(e, "uc", "uc-s");
 	branch(e, "uc2", "uc");
+	/* "uc" is past epoch 1 now: its own changes still shadow, the
+	 * snapshot keeps them, and a new change is not in the snapshot */
+	d = T(e, "uc-s");
+	for (int i = 0; i < UC_N; i += 14) {
+		snprintf(nm, sizeof(nm), "f%04d", i);
+		if (i % 28) {
+			assert_int_equal(lkq(b, ROOT, nm), 0);
+			assert_int_equal(lkq(d, ROOT, nm), 0);
+			continue;
+		}
+		check_str(b, ino[i], "branch");
+		check_str(d, ino[i], "branch");
+		put_str(b, ino[i], "branch later");
+		check_str(b, ino[i], "branch later");
+		check_str(d, ino[i], "branch");
+	}
+	for (int i = 7; i < UC_N; i += 14) { /* inherited, through both */
+		snprintf(want, sizeof(want), "main %d", i);
+		check_str(b, ino[i], want);
+		check_str(d, ino[i], want);
+	}
+	snap_tree_put(d);
 	d = T(e, "uc2");
 	for (int i = 0; i < UC_N; i += 7) {
 		snprintf(nm, sizeof(nm), "f%04d", i);
