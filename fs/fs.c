@@ -1148,7 +1148,7 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
 	if (!se) {
 		fs_log("cannot create the FUSE session (bad -o options?)");
-		ret = -EINVAL;
+		ret = -ENOPROTOOPT; /* the CLI's "bad mount options" */
 		goto out_args;
 	}
 	if (fuse_set_signal_handlers(se) != 0) {

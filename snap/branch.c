@@ -508,26 +508,43 @@ out:
 	return ret;
 }
 
-int snap_record_name(struct snap *s, uint32_t id, char *buf, size_t size)
+/* Is deleted branch @old continued by live branch @br: the branch a reset
+ * made of it (same name, same origin; a branch made afresh under the name
+ * from another place is not)? */
+static bool continues(const struct snap_branch *br, const struct snap_branch *old)
 {
-	struct snap_branch *br;
+	return old->deleted && !old->gone && !old->is_snapshot &&
+	       !br->deleted && !br->is_snapshot &&
+	       strcmp(old->name, br->name) == 0 &&
+	       old->origin_id == br->origin_id &&
+	       old->origin_epoch == br->origin_epoch;
+}
+
+int snap_parent_name(struct snap *s, uint32_t id, char *buf, size_t size)
+{
+	struct snap_branch *br, *live;
 	int ret = -ENOENT;
 
 	pthread_rwlock_rdlock(&s->tree_lock);
 	br = branch_by_id(s, id);
 	if (br && !br->gone) {
-		snprintf(buf, size, "%s", br->name);
-		ret = 0;
+		live = br->deleted ? by_name(s, br->name) : br;
+		if (live && (live == br || continues(live, br))) {
+			snprintf(buf, size, "%s", live->name);
+			ret = 0;
+		}
 	}
 	pthread_rwlock_unlock(&s->tree_lock);
 	return ret;
 }
 
-int snap_branch_rename(struct snap *s, const char *oldname, const char *newname)
+int snap_branch_rename(struct snap *s, const char *oldname, const char *newname,
+		       bool force)
 {
-	struct snap_branch *br;
+	struct snap_branch *br, **prev;
 	struct kv_batch *b;
 	char saved[SNAP_NAME_MAX + 1];
+	size_t nprev = 0;
 	int ret;
 
 	if (s->readonly)
@@ -541,14 +558,34 @@ int snap_branch_rename(struct snap *s, const char *oldname, const char *newname)
 	ret = check_new_name(s, newname);
 	if (ret < 0)
 		goto out;
+	/* a postgres on it would find its files gone (its paths change) */
+	if (!force && tree_busy(s, br->id)) {
+		ret = -EBUSY;
+		goto out;
+	}
+	/* the records it continues after resets take the name too, so that
+	 * their snapshots and branches still name it as their parent */
+	prev = calloc(s->nbranches, sizeof(*prev));
+	if (!prev) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < s->nbranches; i++)
+		if (continues(br, s->branches[i]))
+			prev[nprev++] = s->branches[i];
 	memcpy(saved, br->name, sizeof(saved));
-	snprintf(br->name, sizeof(br->name), "%s", newname);
+	prev[nprev++] = br;
 	b = kv_batch_new();
-	put_record(b, br);
+	for (size_t i = 0; i < nprev; i++) {
+		snprintf(prev[i]->name, sizeof(prev[i]->name), "%s", newname);
+		put_record(b, prev[i]);
+	}
 	ret = kv_commit(s->kv, b);
 	kv_batch_free(b);
 	if (ret < 0)
-		memcpy(br->name, saved, sizeof(saved));
+		for (size_t i = 0; i < nprev; i++)
+			memcpy(prev[i]->name, saved, sizeof(saved));
+	free(prev);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)

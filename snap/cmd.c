@@ -82,20 +82,15 @@ static bool busy_retry(int ret, uint64_t t0)
 	return true;
 }
 
-/* Display name of record @id: a live branch's name, or the name a branch
- * keeps across a reset (its old record is deleted but the name lives on),
- * else NULL ("(deleted)"). */
+/* Display name of record @id as a parent (snap_parent_name), else NULL
+ * ("(deleted)"). */
 static const char *name_of(struct snap *s, const struct snap_branch_info *v,
 			   size_t n, uint32_t id, char *buf, size_t size)
 {
 	for (size_t i = 0; i < n; i++)
 		if (v[i].id == id)
 			return v[i].name;
-	if (snap_record_name(s, id, buf, size) == 0)
-		for (size_t i = 0; i < n; i++)
-			if (strcmp(v[i].name, buf) == 0)
-				return buf;
-	return NULL;
+	return snap_parent_name(s, id, buf, size) == 0 ? buf : NULL;
 }
 
 static void iso_time(uint64_t ns, char *buf, size_t size)
@@ -135,7 +130,7 @@ static int list(struct snap *s, bool snapshots, struct out *o)
 		const struct snap_branch_info *e = snapshots ? &sn[i] : &b[i];
 		char pbuf[SNAP_NAME_MAX + 1];
 		const char *pn = name_of(s, b, nb, e->parent_id, pbuf, sizeof(pbuf));
-		const char *from = NULL;
+		const char *from = NULL, *reset_to = NULL;
 		char created[32];
 
 		iso_time(e->created_ns, created, sizeof(created));
@@ -145,21 +140,31 @@ static int list(struct snap *s, bool snapshots, struct out *o)
 			     (unsigned long long)e->parent_epoch, created);
 			continue;
 		}
-		for (size_t j = 0; j < ns; j++)
+		for (size_t j = 0; j < ns; j++) {
 			if (sn[j].parent_id == e->parent_id &&
 			    sn[j].parent_epoch == e->parent_epoch)
 				from = sn[j].name;
+			if (sn[j].parent_id == e->base_id &&
+			    sn[j].parent_epoch == e->base_epoch)
+				reset_to = sn[j].name;
+		}
+		/* reset --to a snapshot: its contents came from there since */
+		if (e->base_id == e->parent_id && e->base_epoch == e->parent_epoch)
+			reset_to = "-";
+		else if (!reset_to)
+			reset_to = "(deleted)";
 		{
 			uint64_t excl = 0;
 
 			for (size_t j = 0; j < ndu; j++)
 				if (du[j].id == e->id)
 					excl = du[j].exclusive;
-			outf(o, "name=%s\tid=%u\tparent=%s\tsnapshot=%s\tcreated=%s"
-				"\texclusive_bytes=%llu\n",
+			outf(o, "name=%s\tid=%u\tparent=%s\tsnapshot=%s"
+				"\treset_to=%s\tcreated=%s\texclusive_bytes=%llu\n",
 			     e->name, e->id,
 			     e->parent_id ? (pn ? pn : "(deleted)") : "-",
-			     from ? from : "-", created, (unsigned long long)excl);
+			     from ? from : "-", reset_to, created,
+			     (unsigned long long)excl);
 		}
 	}
 out:
@@ -188,7 +193,8 @@ static int du_cmd(struct snap *s, struct out *o)
 	ret = snap_stats(s, &st);
 	if (ret < 0)
 		return ret;
-	outf(o, "kind=total\tname=-\tstored_bytes=%llu\tlogical_bytes=%llu"
+	/* other keys than the rows above: the CLI prints it below the table */
+	outf(o, "kind=total\tstored_bytes=%llu\tlogical_bytes=%llu"
 		"\tgc_pending=%llu\n",
 	     (unsigned long long)st.stored_bytes,
 	     (unsigned long long)st.logical_bytes,
@@ -451,9 +457,15 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 			reply_err(&o, ret, "branch", argv[1]);
 		else
 			outf(&o, "id %u\n", id);
-	} else if (!strcmp(cmd, "branch-rename") && argc == 3) {
-		ret = snap_branch_rename(s, argv[1], argv[2]);
-		if (ret == -ENOENT)
+	} else if (!strcmp(cmd, "branch-rename") &&
+		   (argc == 3 || (argc == 4 && !strcmp(argv[3], "--force")))) {
+		do
+			ret = snap_branch_rename(s, argv[1], argv[2], force);
+		while (busy_retry(ret, t0));
+		if (ret == -EBUSY)
+			outf(&o, "'%s' has open files (stop the postgres using "
+				 "it, or use --force)\n", argv[1]);
+		else if (ret == -ENOENT)
 			reply_err(&o, ret, "branch or snapshot", argv[1]);
 		else if (ret < 0)
 			reply_err(&o, ret, "branch", argv[2]);

@@ -160,17 +160,21 @@ void snap_tree_put(struct snap_tree *t);
 uint32_t snap_tree_id(const struct snap_tree *t);
 bool snap_tree_readonly(const struct snap_tree *t);
 
-/* Name of the branch or snapshot record @id, live or deleted but still
- * kept (a branch reset keeps its old record under the same name). */
-int snap_record_name(struct snap *s, uint32_t id, char *buf, size_t size);
+/* Name of record @id as a parent in listings: a live branch or snapshot's
+ * name; for a deleted branch still kept as an ancestor, the name of the
+ * live branch a reset made of it (same name and origin); else -ENOENT
+ * (shown as "(deleted)": a new branch that took the name is not it). */
+int snap_parent_name(struct snap *s, uint32_t id, char *buf, size_t size);
 
 /* Id of the branch named @name: -ENOENT if none. */
 int snap_branch_find(struct snap *s, const char *name, uint32_t *id);
 
 struct snap_branch_info {
 	uint32_t id;
-	uint32_t parent_id;    /* 0: none */
+	uint32_t parent_id;    /* where it was made from (origin); 0: none */
 	uint64_t parent_epoch;
+	uint32_t base_id;      /* what it reads through now: the origin, or */
+	uint64_t base_epoch;   /* the snapshot of its last reset --to */
 	uint64_t epoch;        /* current epoch (branches); 0 for snapshots */
 	uint64_t created_ns;
 	bool is_snapshot;
@@ -219,9 +223,10 @@ int snap_snapshot_delete(struct snap *s, const char *name, bool force);
  */
 int snap_branch_reset(struct snap *s, const char *name, const char *to,
 		      bool force, uint32_t *newid);
-/* Rename a branch or a snapshot. */
+/* Rename a branch or a snapshot; -EBUSY while files on it are open (their
+ * paths change under the program using them), unless @force. */
 int snap_branch_rename(struct snap *s, const char *oldname,
-		       const char *newname);
+		       const char *newname, bool force);
 struct snap_du_ent {
 	uint32_t id;
 	bool is_snapshot;

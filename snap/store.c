@@ -347,6 +347,8 @@ int snap_branch_list(struct snap *s, bool snapshots,
 		/* users know a branch by where it was made from */
 		v[k].parent_id = br->origin_id;
 		v[k].parent_epoch = br->origin_epoch;
+		v[k].base_id = br->parent_id;
+		v[k].base_epoch = br->parent_epoch;
 		v[k].epoch = br->is_snapshot ? 0 : atomic_load(&br->epoch);
 		v[k].created_ns = br->created_ns;
 		v[k].is_snapshot = br->is_snapshot;

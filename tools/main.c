@@ -86,6 +86,10 @@ static bool check_store(const char *store)
 		return false;
 	}
 	snprintf(p, sizeof(p), "%s/db", store);
+	if (stat(p, &st) < 0 && errno != ENOENT && errno != ENOTDIR) {
+		die_msg("store %s: %s", store, strerror(errno));
+		return false;
+	}
 	if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
 		die_msg("%s is not a branchfs store (no db/; create one with "
 			"'branchfs init')", store);
@@ -122,6 +126,10 @@ static int cmd_init(int argc, char **argv)
 
 	if (argc != 2)
 		return usage_err("init");
+	if (!argv[1][0]) {
+		die_msg("init: the store path is empty");
+		return usage_err("init");
+	}
 	ret = snap_store_init(argv[1], getuid(), getgid());
 	if (ret == -ENOTEMPTY) {
 		die_msg("%s exists and is not empty: refusing to create a "
@@ -301,6 +309,10 @@ static int cmd_mount(int argc, char **argv)
 		else if (c == EIO)
 			die_msg("cannot mount %s on %s (see %s/branchfs.log)",
 				store, mnt, store);
+		else if (c == ENOPROTOOPT)
+			die_msg("cannot mount %s: FUSE refused the mount options "
+				"'%s' (see %s/branchfs.log)", store,
+				opts ? opts : "", store);
 		else
 			die_msg("cannot mount %s: %s", store,
 				open_error(-(int)c));
@@ -458,7 +470,13 @@ static int cmd_stats(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = true;
-		else if (argv[i][0] == '-' || store)
+		else if ((!strcmp(argv[i], "-s") || !strcmp(argv[i], "--store")) &&
+			 i + 1 < argc && !store)
+			store = argv[++i];
+		else if (argv[i][0] == '-') {
+			die_msg("stats: unknown option %s", argv[i]);
+			return usage_err("stats");
+		} else if (store)
 			return usage_err("stats");
 		else
 			store = argv[i];
@@ -548,26 +566,58 @@ struct bargs {
 	int npos;
 };
 
-/* Parse the options shared by branch/snapshot/du/gc; -1 on a usage error. */
-static int parse_bargs(int argc, char **argv, struct bargs *a)
+/* Options a subcommand takes besides -s STORE. */
+enum {
+	OPT_JSON = 1 << 0,
+	OPT_FORCE = 1 << 1,
+	OPT_FROM = 1 << 2,
+	OPT_TO = 1 << 3,
+	OPT_CHECKPOINT = 1 << 4,
+};
+
+/*
+ * Parse the options of a branch/snapshot/du/gc command @what (e.g. "branch
+ * create"), accepting those in @allow only: an option that belongs to
+ * another subcommand is an error, never silently ignored (branch create
+ * --to SNAP would otherwise branch from main).  -1 on a usage error.
+ */
+static int parse_bargs(int argc, char **argv, unsigned allow, const char *what,
+		       struct bargs *a)
 {
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} opts[] = {
+		{ "--json", OPT_JSON }, { "--force", OPT_FORCE },
+		{ "--from", OPT_FROM }, { "--to", OPT_TO },
+		{ "--checkpoint", OPT_CHECKPOINT },
+	};
+
 	memset(a, 0, sizeof(*a));
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i];
 		const char **dst = NULL;
+		unsigned bit = 0;
 
-		if (!strcmp(o, "--json"))
+		for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++)
+			if (!strcmp(o, opts[k].name))
+				bit = opts[k].bit;
+		if (bit && !(allow & bit)) {
+			die_msg("'%s' does not take %s", what, o);
+			return -1;
+		}
+		if (bit == OPT_JSON)
 			a->json = true;
-		else if (!strcmp(o, "--force"))
+		else if (bit == OPT_FORCE)
 			a->force = true;
+		else if (bit == OPT_FROM)
+			dst = &a->from;
+		else if (bit == OPT_TO)
+			dst = &a->to;
+		else if (bit == OPT_CHECKPOINT)
+			dst = &a->checkpoint;
 		else if (!strcmp(o, "-s") || !strcmp(o, "--store"))
 			dst = &a->store;
-		else if (!strcmp(o, "--from"))
-			dst = &a->from;
-		else if (!strcmp(o, "--to"))
-			dst = &a->to;
-		else if (!strcmp(o, "--checkpoint"))
-			dst = &a->checkpoint;
 		else if (o[0] == '-' && o[1]) {
 			die_msg("unknown option %s", o);
 			return -1;
@@ -590,6 +640,30 @@ static int parse_bargs(int argc, char **argv, struct bargs *a)
 		return -1;
 	}
 	return 0;
+}
+
+/* The options of "@cmd @sub"; every option for an unknown @sub (its usage
+ * error comes after). */
+static unsigned sub_opts(const char *cmd, const char *sub)
+{
+	static const struct {
+		const char *cmd, *sub;
+		unsigned allow;
+	} t[] = {
+		{ "snapshot", "create", OPT_JSON | OPT_CHECKPOINT },
+		{ "snapshot", "list", OPT_JSON },
+		{ "snapshot", "delete", OPT_FORCE },
+		{ "branch", "create", OPT_JSON | OPT_FROM | OPT_CHECKPOINT },
+		{ "branch", "list", OPT_JSON },
+		{ "branch", "delete", OPT_FORCE },
+		{ "branch", "reset", OPT_TO | OPT_FORCE },
+		{ "branch", "rename", OPT_FORCE },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		if (!strcmp(t[i].cmd, cmd) && !strcmp(t[i].sub, sub))
+			return t[i].allow;
+	return ~0u;
 }
 
 /*
@@ -659,82 +733,150 @@ static bool all_digits(const char *v)
 static bool names_record(const char *key)
 {
 	return !strcmp(key, "name") || !strcmp(key, "branch") ||
-	       !strcmp(key, "parent") || !strcmp(key, "snapshot");
+	       !strcmp(key, "parent") || !strcmp(key, "snapshot") ||
+	       !strcmp(key, "reset_to");
 }
 
-/* Print tab-separated key=value records as a table or a JSON array. */
-static void print_records(const char *text, bool json)
+/* Characters in UTF-8 @v (table columns are padded by characters). */
+static int u8len(const char *v)
+{
+	int n = 0;
+
+	for (; *v; v++)
+		n += ((unsigned char)*v & 0xc0) != 0x80;
+	return n;
+}
+
+static void pad(const char *v, int width)
+{
+	fputs(v, stdout);
+	printf("%*s", width > u8len(v) ? width - u8len(v) : 0, "");
+}
+
+struct rec {
+	int n;
+	char *k[12], *v[12];
+};
+
+/* Does @r have the keys of @h, in order? */
+static bool same_keys(const struct rec *r, const struct rec *h)
+{
+	if (r->n != h->n)
+		return false;
+	for (int c = 0; c < r->n; c++)
+		if (strcmp(r->k[c], h->k[c]))
+			return false;
+	return true;
+}
+
+/*
+ * Print tab-separated key=value records as a JSON array of objects, or as
+ * a table whose columns are the keys of the first record; a record with
+ * other keys (du's store total) follows the table as "VALUE: key=value...".
+ * -ENOMEM, else 0.
+ */
+static int print_records(const char *text, bool json)
 {
 	char *copy = strdup(text ? text : ""), *save = NULL, *line;
-	char *rows[4096][12], *keys[12];
-	int nrow = 0, ncol = 0;
-	size_t width[12] = { 0 };
+	struct rec *rows = NULL;
+	size_t nrow = 0, cap = 0;
+	int width[12] = { 0 };
 
 	if (!copy)
-		return;
-	for (line = strtok_r(copy, "\n", &save); line && nrow < 4096;
+		goto nomem;
+	for (line = strtok_r(copy, "\n", &save); line;
 	     line = strtok_r(NULL, "\n", &save)) {
 		char *fs = NULL, *f;
-		int c = 0;
+		struct rec *r;
 
 		if (!strchr(line, '='))
 			continue;
-		for (f = strtok_r(line, "\t", &fs); f && c < 12;
-		     f = strtok_r(NULL, "\t", &fs), c++) {
+		if (nrow == cap) {
+			size_t ncap = cap ? 2 * cap : 64;
+			struct rec *nr = realloc(rows, ncap * sizeof(*rows));
+
+			if (!nr)
+				goto nomem;
+			rows = nr;
+			cap = ncap;
+		}
+		r = &rows[nrow++];
+		r->n = 0;
+		for (f = strtok_r(line, "\t", &fs); f && r->n < 12;
+		     f = strtok_r(NULL, "\t", &fs)) {
 			char *eq = strchr(f, '=');
 
 			if (!eq)
 				break;
 			*eq = 0;
-			if (nrow == 0)
-				keys[c] = f;
-			rows[nrow][c] = eq + 1;
+			r->k[r->n] = f;
+			r->v[r->n++] = eq + 1;
 		}
-		if (nrow == 0)
-			ncol = c;
-		for (; c < ncol; c++)
-			rows[nrow][c] = "";
-		nrow++;
 	}
 	if (json) {
 		printf("[");
-		for (int r = 0; r < nrow; r++) {
-			printf("%s{", r ? ", " : "");
-			for (int c = 0; c < ncol; c++) {
+		for (size_t i = 0; i < nrow; i++) {
+			printf("%s{", i ? ", " : "");
+			for (int c = 0; c < rows[i].n; c++) {
 				printf("%s", c ? ", " : "");
-				json_str(keys[c]);
+				json_str(rows[i].k[c]);
 				printf(": ");
 				/* a name may be all digits: still a string */
-				if (all_digits(rows[r][c]) && !names_record(keys[c]))
-					printf("%s", rows[r][c]);
+				if (all_digits(rows[i].v[c]) &&
+				    !names_record(rows[i].k[c]))
+					printf("%s", rows[i].v[c]);
 				else
-					json_str(rows[r][c]);
+					json_str(rows[i].v[c]);
 			}
 			printf("}");
 		}
 		printf("]\n");
-		free(copy);
-		return;
+		goto out;
 	}
-	for (int c = 0; c < ncol; c++) {
-		width[c] = strlen(keys[c]);
-		for (int r = 0; r < nrow; r++)
-			if (strlen(rows[r][c]) > width[c])
-				width[c] = strlen(rows[r][c]);
+	if (!nrow)
+		goto out;
+	for (int c = 0; c < rows[0].n; c++) {
+		width[c] = u8len(rows[0].k[c]);
+		for (size_t i = 0; i < nrow; i++)
+			if (same_keys(&rows[i], &rows[0]) &&
+			    u8len(rows[i].v[c]) > width[c])
+				width[c] = u8len(rows[i].v[c]);
 	}
-	for (int c = 0; c < ncol && nrow; c++) {
-		for (const char *k = keys[c]; *k; k++)
+	for (int c = 0; c < rows[0].n; c++) {
+		for (const char *k = rows[0].k[c]; *k; k++)
 			putchar(*k >= 'a' && *k <= 'z' ? *k - 32 : *k);
-		printf("%*s", c + 1 < ncol ? (int)(width[c] - strlen(keys[c]) + 2) : 0, "");
+		if (c + 1 < rows[0].n)
+			printf("%*s", width[c] - u8len(rows[0].k[c]) + 2, "");
 	}
-	if (nrow)
-		putchar('\n');
-	for (int r = 0; r < nrow; r++) {
-		for (int c = 0; c < ncol; c++)
-			printf("%-*s", c + 1 < ncol ? (int)width[c] + 2 : 0, rows[r][c]);
+	putchar('\n');
+	for (size_t i = 0; i < nrow; i++) {
+		if (!same_keys(&rows[i], &rows[0]))
+			continue;
+		for (int c = 0; c < rows[i].n; c++) {
+			if (c + 1 < rows[i].n)
+				pad(rows[i].v[c], width[c] + 2);
+			else
+				fputs(rows[i].v[c], stdout);
+		}
 		putchar('\n');
 	}
+	for (size_t i = 0; i < nrow; i++) {
+		if (same_keys(&rows[i], &rows[0]) || !rows[i].n)
+			continue;
+		printf("%s:", rows[i].v[0]);
+		for (int c = 1; c < rows[i].n; c++)
+			printf(" %s=%s", rows[i].k[c], rows[i].v[c]);
+		putchar('\n');
+	}
+out:
+	free(rows);
 	free(copy);
+	return 0;
+nomem:
+	die_msg("out of memory");
+	free(rows);
+	free(copy);
+	return -ENOMEM;
 }
 
 /* CHECKPOINT through psql before a snapshot of a running postgres. */
@@ -755,7 +897,7 @@ static int run_checkpoint(const char *url)
 	}
 	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
 	    WEXITSTATUS(status) != 0) {
-		die_msg("CHECKPOINT through %s failed: no snapshot taken", url);
+		die_msg("CHECKPOINT through %s failed: nothing created", url);
 		return -EIO;
 	}
 	return 0;
@@ -783,10 +925,11 @@ static int print_created(const char *what, const char *name, const char *reply,
 
 	print_warnings(reply);
 
-	if (json)
-		printf("{\"%s\": \"%s\", \"ms\": %.3f, \"store_ms\": %.3f}\n",
-		       what, name, ms, inner);
-	else
+	if (json) {
+		printf("{\"%s\": ", what);
+		json_str(name);
+		printf(", \"ms\": %.3f, \"store_ms\": %.3f}\n", ms, inner);
+	} else
 		printf("created %s %s (%.1f ms)\n", what, name, ms);
 	return 0;
 }
@@ -802,12 +945,15 @@ static double now_ms(void)
 static int cmd_snapshot(int argc, char **argv)
 {
 	struct bargs a;
+	char what[32];
 	char *reply = NULL;
 	const char *sub = argc > 1 ? argv[1] : "";
 	int ret = 1;
 	double t0 = now_ms();
 
-	if (parse_bargs(argc - 1, argv + 1, &a) < 0)
+	snprintf(what, sizeof(what), "snapshot %.20s", sub);
+	if (parse_bargs(argc - 1, argv + 1, sub_opts("snapshot", sub), what,
+			&a) < 0)
 		return usage_err("snapshot");
 	if (!strcmp(sub, "create") && a.npos == 2) {
 		const char *w[] = { "snapshot-create", a.pos[0], a.pos[1] };
@@ -822,8 +968,7 @@ static int cmd_snapshot(int argc, char **argv)
 		const char *w[] = { "snapshot-list" };
 
 		if (request(a.store, 1, w, &reply) == 0) {
-			print_records(reply, a.json);
-			ret = 0;
+			ret = print_records(reply, a.json) < 0;
 		}
 	} else if (!strcmp(sub, "delete") && a.npos == 1) {
 		const char *w[] = { "snapshot-delete", a.pos[0], "--force" };
@@ -840,11 +985,14 @@ static int cmd_snapshot(int argc, char **argv)
 static int cmd_branch(int argc, char **argv)
 {
 	struct bargs a;
+	char what[32];
 	char *reply = NULL;
 	const char *sub = argc > 1 ? argv[1] : "";
 	int ret = 1;
 
-	if (parse_bargs(argc - 1, argv + 1, &a) < 0)
+	snprintf(what, sizeof(what), "branch %.20s", sub);
+	if (parse_bargs(argc - 1, argv + 1, sub_opts("branch", sub), what,
+			&a) < 0)
 		return usage_err("branch");
 	if (!strcmp(sub, "create") && a.npos == 1) {
 		const char *w[] = { "branch-create", a.pos[0], a.from ? a.from : "main" };
@@ -860,8 +1008,7 @@ static int cmd_branch(int argc, char **argv)
 		const char *w[] = { "branch-list" };
 
 		if (request(a.store, 1, w, &reply) == 0) {
-			print_records(reply, a.json);
-			ret = 0;
+			ret = print_records(reply, a.json) < 0;
 		}
 	} else if (!strcmp(sub, "delete") && a.npos == 1) {
 		const char *w[] = { "branch-delete", a.pos[0], "--force" };
@@ -879,9 +1026,9 @@ static int cmd_branch(int argc, char **argv)
 		if (request(a.store, n, w, &reply) == 0)
 			ret = 0;
 	} else if (!strcmp(sub, "rename") && a.npos == 2) {
-		const char *w[] = { "branch-rename", a.pos[0], a.pos[1] };
+		const char *w[] = { "branch-rename", a.pos[0], a.pos[1], "--force" };
 
-		if (request(a.store, 3, w, &reply) == 0)
+		if (request(a.store, a.force ? 4 : 3, w, &reply) == 0)
 			ret = 0;
 	} else {
 		return usage_err("branch");
@@ -897,11 +1044,10 @@ static int cmd_du(int argc, char **argv)
 	const char *w[] = { "du" };
 	int ret = 1;
 
-	if (parse_bargs(argc, argv, &a) < 0 || a.npos)
+	if (parse_bargs(argc, argv, OPT_JSON, "du", &a) < 0 || a.npos)
 		return usage_err("du");
 	if (request(a.store, 1, w, &reply) == 0) {
-		print_records(reply, a.json);
-		ret = 0;
+		ret = print_records(reply, a.json) < 0;
 	}
 	free(reply);
 	return ret;
@@ -914,7 +1060,7 @@ static int cmd_gc(int argc, char **argv)
 	const char *w[] = { "gc" };
 	int ret = 1;
 
-	if (parse_bargs(argc, argv, &a) < 0 || a.npos)
+	if (parse_bargs(argc, argv, 0, "gc", &a) < 0 || a.npos)
 		return usage_err("gc");
 	if (request(a.store, 1, w, &reply) == 0)
 		ret = 0;
@@ -1129,7 +1275,7 @@ static const struct cli_cmd cmds[] = {
 	  "Unmount MNT and wait until its daemon has written everything and\n"
 	  "exited. Also cleans up a stale mount left by a killed daemon\n"
 	  "('Transport endpoint is not connected')." },
-	{ "stats", cmd_stats, "stats [STORE] [--json]",
+	{ "stats", cmd_stats, "stats [-s STORE | STORE] [--json]",
 	  "Show logical bytes (all block references), stored bytes (after\n"
 	  "dedup and compression), block count and compression ratio. Works on\n"
 	  "a mounted store (through its daemon) and an unmounted one. STORE\n"
@@ -1182,6 +1328,10 @@ static int cmd_help(int argc, char **argv)
 {
 	if (argc == 2 && find_cmd(argv[1]))
 		return print_help(argv[1]);
+	if (argc >= 2) {
+		die_msg("unknown command '%s' (see 'branchfs help')", argv[1]);
+		return 2;
+	}
 	printf("branchfs - branchable copy-on-write filesystem for PostgreSQL data\n\n"
 	       "usage: branchfs COMMAND [ARGS]\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
@@ -1193,6 +1343,7 @@ static int cmd_help(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	const struct cli_cmd *c;
+	int ret;
 
 	if (argc < 2) {
 		fprintf(stderr, "usage: branchfs COMMAND [ARGS]  (see 'branchfs help')\n");
@@ -1210,5 +1361,12 @@ int main(int argc, char **argv)
 	if (want_help(argc - 1, argv + 1))
 		return print_help(c->name);
 	signal(SIGPIPE, SIG_IGN);
-	return c->fn(argc - 1, argv + 1);
+	ret = c->fn(argc - 1, argv + 1);
+	/* output that did not reach its reader (a full disk, a closed pipe)
+	 * is a failure too */
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		die_msg("cannot write the output: %s", strerror(errno));
+		return ret ? ret : 1;
+	}
+	return ret;
 }

@@ -84,6 +84,17 @@ bfs_expect_fail 1 "$BRANCHFS" mount "$S" "$BFS_WORK/afile"
 not_mounted "$BFS_WORK/afile"
 unchanged "$S" "$before"
 
+bfs_step "mount with options FUSE does not know"
+bfs_expect_fail 1 "$BRANCHFS" mount "$S" "$M" -o no_such_fuse_option
+prefixed
+grep -q "mount options 'no_such_fuse_option'" <<<"$BFS_ERR" ||
+	bfs_fail "a bad -o option is not named as the cause: $BFS_ERR"
+not_mounted "$M"
+# (the daemon had opened the store: its RocksDB files change as after a
+# mount and umount, so no "unchanged" here)
+[ -z "$(bfs_daemon_pids "$S")" ] || bfs_fail "a daemon is left holding the store"
+before=$(snap "$S")
+
 bfs_step "a second mount of a store in use"
 bfs_mount "$S" "$M"
 mkdir "$BFS_WORK/mnt2"
@@ -111,6 +122,7 @@ bfs_expect_fail any "$BRANCHFS" umount "$M"
 bfs_expect_fail any "$BRANCHFS" umount "$BFS_WORK/no-such-mnt"
 
 bfs_step "stats of a non-store"
+"$BRANCHFS" stats -s "$S" >/dev/null || bfs_fail "stats -s STORE failed" # as every other command
 bfs_expect_fail 1 "$BRANCHFS" stats "$BFS_WORK/notastore"
 [ "$(strict "$BFS_WORK/notastore")" = "$before_nas" ] || bfs_fail "stats changed a directory that is not a store"
 bfs_expect_fail 1 "$BRANCHFS" stats "$BFS_WORK/does-not-exist"
@@ -126,6 +138,7 @@ bfs_expect_fail 2 "$BRANCHFS" mount "$S" "$M" --no-such-option
 not_mounted "$M"
 bfs_expect_fail 2 "$BRANCHFS" umount
 bfs_expect_fail 2 "$BRANCHFS" stats "$S" --no-such-option
+bfs_expect_fail 2 "$BRANCHFS" init ""
 bfs_expect_fail 2 "$BRANCHFS" mount "$S" "$M" -o
 not_mounted "$M"
 

@@ -174,6 +174,9 @@ exec 3<"$MNT/busy/text"
 bfs_expect_fail any "$BRANCHFS" branch delete busy
 [ -d "$MNT/busy" ] || bfs_fail "refused delete removed busy anyway"
 bfs_expect_fail any "$BRANCHFS" branch reset busy
+bfs_expect_fail any "$BRANCHFS" branch rename busy busy-renamed # its paths would vanish
+[ -d "$MNT/busy" ] && [ ! -e "$MNT/busy-renamed" ] || bfs_fail "refused rename renamed busy anyway"
+head -c 1 <&3 >/dev/null || bfs_fail "the open file of busy is unreadable after a refused rename"
 exec 3<&-
 ok branch reset busy # nothing open any more
 exec 3<"$MNT/busy/text" 4>>"$MNT/busy/version"
@@ -239,6 +242,17 @@ bfs_expect_fail any "$BRANCHFS" branch frobnicate
 bfs_expect_fail any "$BRANCHFS" branch create
 bfs_expect_fail any env -u BRANCHFS_STORE "$BRANCHFS" branch list
 bfs_expect_fail any "$BRANCHFS" branch list -s "$BFS_WORK/not-a-store"
+# an option of another subcommand is refused, never ignored (create --to
+# would otherwise branch from main)
+bfs_expect_fail 2 "$BRANCHFS" branch create wrongopt --to s1r
+bfs_expect_fail 2 "$BRANCHFS" branch reset b2 --from s1r
+bfs_expect_fail 2 "$BRANCHFS" snapshot create main wrongopt --force
+bfs_expect_fail 2 "$BRANCHFS" branch list --force
+bfs_expect_fail 2 "$BRANCHFS" snapshot delete s1r --json
+bfs_expect_fail 2 "$BRANCHFS" gc --json
+bfs_expect_fail 2 "$BRANCHFS" help nosuch
+# output that cannot be written is an error
+bfs_expect_fail any sh -c '"$0" branch list >/dev/full' "$BRANCHFS"
 [ "$(top)" = "$BEFORE_TOP" ] || bfs_fail "failed commands changed MNT: $(top)"
 
 bfs_step "--json outputs"
@@ -250,6 +264,14 @@ bfs branch create j1 --json | json_ok "branch create --json"
 bfs snapshot create j1 js1 --json | json_ok "snapshot create --json"
 ok snapshot delete js1
 ok branch delete j1
+bfs branch create 'q"u\o' --json | json_ok "branch create --json of a name with a quote"
+bfs snapshot create 'q"u\o' 'sq"u\o' --json | json_ok "snapshot create --json of a name with a quote"
+bfs branch list --json | json_ok "branch list --json with a quote in a name"
+ok snapshot delete 'sq"u\o'
+ok branch delete 'q"u\o'
+# du: the store totals under their own names, below the table
+bfs du | tail -n 1 | grep -Eq '^total: stored_bytes=[0-9]+ logical_bytes=[0-9]+ gc_pending=[0-9]+$' ||
+	bfs_fail "du's last line is not the store total: $(bfs du | tail -n 1)"
 # -s STORE works like BRANCHFS_STORE
 [ "$(env -u BRANCHFS_STORE "$BRANCHFS" branch list -s "$STORE" --json)" = "$(bfs branch list --json)" ] ||
 	bfs_fail "branch list -s STORE differs from BRANCHFS_STORE"

@@ -1985,7 +1985,7 @@ static void test_names(void **state)
 		assert_int_equal(snap_branch_create(e->s, n, NULL, NULL), want);
 		assert_int_equal(snap_branch_create(e->s, n, "rn", NULL), want);
 		assert_int_equal(snap_snapshot_create(e->s, "main", n, NULL), want);
-		assert_int_equal(snap_branch_rename(e->s, "rn", n), want);
+		assert_int_equal(snap_branch_rename(e->s, "rn", n, false), want);
 	}
 	assert_int_equal(count_list(e, false), nb0);
 	assert_int_equal(count_list(e, true), ns0);
@@ -2022,11 +2022,11 @@ static void test_names(void **state)
 	assert_int_equal(snap_snapshot_create(e->s, "dup", "sdup", NULL), -EEXIST);
 	assert_int_equal(snap_branch_create(e->s, "main", NULL, NULL), -EEXIST);
 	assert_int_equal(snap_snapshot_create(e->s, "main", "main", NULL), -EEXIST);
-	assert_int_equal(snap_branch_rename(e->s, "dup", "sdup"), -EEXIST);
-	assert_int_equal(snap_branch_rename(e->s, "sdup", "dup"), -EEXIST);
-	assert_int_equal(snap_branch_rename(e->s, "rn", "main"), -EEXIST);
-	assert_int_equal(snap_branch_rename(e->s, "rn", n200), -EEXIST);
-	assert_int_equal(snap_branch_rename(e->s, "rn", u200), -EEXIST);
+	assert_int_equal(snap_branch_rename(e->s, "dup", "sdup", false), -EEXIST);
+	assert_int_equal(snap_branch_rename(e->s, "sdup", "dup", false), -EEXIST);
+	assert_int_equal(snap_branch_rename(e->s, "rn", "main", false), -EEXIST);
+	assert_int_equal(snap_branch_rename(e->s, "rn", n200, false), -EEXIST);
+	assert_int_equal(snap_branch_rename(e->s, "rn", u200, false), -EEXIST);
 	/* the name of a deleted branch or snapshot is free again */
 	assert_int_equal(snap_branch_delete(e->s, "dup", false), 0);
 	assert_int_equal(snap_snapshot_delete(e->s, "sdup", false), 0);
@@ -2086,7 +2086,7 @@ static void test_lifecycle(void **state)
 	assert_int_equal(snap_snapshot_delete(e->s, "b1", false), -ENOTDIR);
 	assert_int_equal(snap_branch_delete(e->s, "nope", false), -ENOENT);
 	assert_int_equal(snap_snapshot_delete(e->s, "nope", false), -ENOENT);
-	assert_int_equal(snap_branch_rename(e->s, "nope", "x"), -ENOENT);
+	assert_int_equal(snap_branch_rename(e->s, "nope", "x", false), -ENOENT);
 	assert_int_equal(snap_branch_reset(e->s, "nope", NULL, false, NULL),
 			 -ENOENT);
 	assert_int_equal(find_id(e, "x", NULL), 0);
@@ -2118,16 +2118,22 @@ static void test_lifecycle(void **state)
 	assert_int_equal(snap_branch_delete(e->s, "b1", false), -EBUSY);
 	assert_int_equal(snap_branch_reset(e->s, "b1", NULL, false, NULL),
 			 -EBUSY);
+	/* a rename would pull the paths from under the open files */
+	assert_int_equal(snap_branch_rename(e->s, "b1", "b1r", false), -EBUSY);
+	assert_int_equal(id_of(e, "b1"), b1);
+	assert_int_equal(snap_branch_rename(e->s, "b1", "b1r", true), 0);
+	assert_int_equal(snap_branch_rename(e->s, "b1r", "b1", true), 0);
 	snap_tree_put(t);
 	t = T(e, "s1");
 	assert_int_equal(snap_snapshot_delete(e->s, "s1", false), -EBUSY);
+	assert_int_equal(snap_branch_rename(e->s, "s1", "s1r", false), -EBUSY);
 	snap_tree_put(t);
 
 	/* rename keeps the id and the content */
-	assert_int_equal(snap_branch_rename(e->s, "b1", "b1x"), 0);
+	assert_int_equal(snap_branch_rename(e->s, "b1", "b1x", false), 0);
 	assert_int_equal(find_id(e, "b1", NULL), 0);
 	assert_int_equal(id_of(e, "b1x"), b1);
-	assert_int_equal(snap_branch_rename(e->s, "s1", "s1x"), 0);
+	assert_int_equal(snap_branch_rename(e->s, "s1", "s1x", false), 0);
 	assert_int_equal(id_of(e, "s1x"), s1);
 	assert_true(info_of(e, "s1x").is_snapshot);
 	t = T(e, "b1x");
@@ -3621,7 +3627,7 @@ static void test_command(void **state)
 	v = strstr(r, "kind=snapshot\tname=s1\t");
 	assert_non_null(v);
 	assert_field(v, "kind=snapshot", "exclusive_bytes", "0");
-	v = strstr(r, "kind=total\tname=-\t");
+	v = strstr(r, "kind=total\t");
 	assert_non_null(v);
 	snprintf(buf, sizeof(buf), "%llu",
 		 (unsigned long long)stats(e).stored_bytes);
@@ -3675,6 +3681,10 @@ static void test_command(void **state)
 		"branch 'b1' has open files (stop the postgres using it, or use "
 		"--force)\n",
 		"branch-reset", "b1");
+	CMD_ERR(e, -EBUSY,
+		"'b1' has open files (stop the postgres using it, or use "
+		"--force)\n",
+		"branch-rename", "b1", "b1r");
 	ret = CMD(e, &r, "branch-reset", "b1", "--force");
 	assert_int_equal(ret, 0);
 	assert_int_equal(sscanf(r, "id %u\n", &id), 1);
@@ -3695,6 +3705,12 @@ static void test_command(void **state)
 	free(r);
 	CMD_OK(e, "branch-rename", "s1", "s1x");
 	assert_true(info_of(e, "s1x").is_snapshot);
+	/* a reset --to the snapshot it was made from is a plain reset */
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=b3", "reset_to", "-");
+	assert_field(r, "name=b3", "snapshot", "s1x");
+	free(r);
 
 	/* a deleted parent shows as such */
 	cmd_create(e, "branch-create", "p", NULL);
@@ -3711,6 +3727,63 @@ static void test_command(void **state)
 	assert_field(r, "name=ps", "branch", "(deleted)");
 	assert_field(r, "name=s1x", "branch", "main");
 	free(r);
+	/* ... also once a new branch takes the name */
+	cmd_create(e, "branch-create", "p", "b3");
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=c", "parent", "(deleted)");
+	assert_field(r, "name=p", "parent", "b3");
+	free(r);
+	ret = CMD(e, &r, "snapshot-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=ps", "branch", "(deleted)");
+	free(r);
+	/* a reset branch is still the parent of what was made from it
+	 * before, and a rename carries that along */
+	cmd_create(e, "branch-create", "q", NULL);
+	cmd_create(e, "branch-create", "qc", "q");
+	cmd_create(e, "snapshot-create", "q", "qs");
+	ret = CMD(e, &r, "branch-reset", "q");
+	assert_int_equal(ret, 0);
+	free(r);
+	ret = CMD(e, &r, "branch-reset", "q");
+	assert_int_equal(ret, 0);
+	free(r);
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=qc", "parent", "q");
+	assert_field(r, "name=q", "reset_to", "-");
+	free(r);
+	/* the listing tells where a reset --to took the contents from */
+	ret = CMD(e, &r, "branch-reset", "q", "qs");
+	assert_int_equal(ret, 0);
+	free(r);
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=q", "reset_to", "qs");
+	assert_field(r, "name=q", "parent", "main");
+	assert_field(r, "name=qc", "parent", "q");
+	free(r);
+	CMD_OK(e, "branch-rename", "q", "q2");
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=qc", "parent", "q2");
+	assert_field(r, "name=q2", "reset_to", "qs");
+	free(r);
+	ret = CMD(e, &r, "snapshot-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=qs", "branch", "q2");
+	free(r);
+	/* ... and survives a reopen (the renamed records are durable) */
+	env_reopen(e);
+	ret = CMD(e, &r, "branch-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=qc", "parent", "q2");
+	free(r);
+	CMD_OK(e, "branch-delete", "p");
+	CMD_OK(e, "branch-delete", "qc");
+	CMD_OK(e, "snapshot-delete", "qs");
+	CMD_OK(e, "branch-delete", "q2");
 
 	CMD_OK(e, "snapshot-delete", "s1x");
 	CMD_OK(e, "snapshot-delete", "ps", "--force");

@@ -236,7 +236,7 @@ static char *digest(struct snap *s)
 			struct inomap m = { .n = 0 };
 
 			if (v[i].parent_id &&
-			    snap_record_name(s, v[i].parent_id, from,
+			    snap_parent_name(s, v[i].parent_id, from,
 					     sizeof(from)) < 0)
 				snprintf(from, sizeof(from), "?");
 			bprintf(&b, "%s %s from %s\n",
@@ -717,12 +717,12 @@ static ssize_t op_branch_reset_to(struct ctx *c)
 
 static ssize_t op_branch_rename(struct ctx *c)
 {
-	return snap_branch_rename(c->s, "b1", "b1new");
+	return snap_branch_rename(c->s, "b1", "b1new", false);
 }
 
 static ssize_t op_snapshot_rename(struct ctx *c)
 {
-	return snap_branch_rename(c->s, "s1", "s1new");
+	return snap_branch_rename(c->s, "s1", "s1new", false);
 }
 
 /* gc/prune: deletions and freed blocks are waiting for them. */
