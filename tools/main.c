@@ -416,6 +416,10 @@ static int cmd_umount(int argc, char **argv)
 		return 1;
 	}
 	ret = find_mount(mnt, store, sizeof(store));
+	/* a path through a symlink: resolving it is fine for a live mount (a
+	 * stale one is found by its literal path above) */
+	if (ret <= 0 && realpath(argv[1], mnt))
+		ret = find_mount(mnt, store, sizeof(store));
 	if (ret <= 0) {
 		die_msg("%s is not a branchfs mount", argv[1]);
 		return 1;
@@ -666,6 +670,22 @@ static unsigned sub_opts(const char *cmd, const char *sub)
 	return ~0u;
 }
 
+/* How long an offline command waits for another one to release the store. */
+#define STORE_WAIT_MS 10000
+
+/* Print the error of a failed request (its reply, else @ret); @ret. */
+static int request_failed(int ret, const char *reply)
+{
+	if (ret < 0) {
+		const char *msg = reply && *reply ? reply : strerror(-ret);
+		size_t l = strlen(msg);
+
+		fprintf(stderr, "branchfs: %.*s\n",
+			(int)(l && msg[l - 1] == '\n' ? l - 1 : l), msg);
+	}
+	return ret;
+}
+
 /*
  * Run request @words on @store: through the daemon when it is mounted,
  * else by opening the store here.  Prints the error text on failure.
@@ -676,33 +696,41 @@ static int request(const char *store, int n, const char **words, char **reply)
 
 	if (!check_store(store))
 		return -ENOENT;
-	ret = ctl_call(store, n, words, reply);
-	if (ret == -ENOTCONN) {
+	/*
+	 * Not mounted: open the store here.  Another offline command (or a
+	 * mount coming up or going down) holds it for a moment: wait for it,
+	 * up to STORE_WAIT_MS, so that scripts may run commands in parallel.
+	 */
+	for (int waited = 0;; waited += 50) {
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
 		struct snap *s;
 
+		ret = ctl_call(store, n, words, reply);
+		if (ret != -ENOTCONN)
+			break;
 		free(*reply);
 		*reply = NULL;
 		ret = snap_open(store, 0, &s);
+		if (ret == -EBUSY && waited < STORE_WAIT_MS) {
+			nanosleep(&ts, NULL);
+			continue;
+		}
 		if (ret < 0) {
 			die_msg("cannot open store %s: %s", store, open_error(ret));
 			return ret;
 		}
 		ret = snap_command(s, n, (char **)words, reply);
 		snap_close(s);
-	} else if (ret == -EACCES && (!*reply || !**reply)) {
+		return request_failed(ret, *reply);
+	}
+	if (ret == -EACCES && (!*reply || !**reply)) {
 		die_msg("the daemon of %s refused the request", store);
 		return ret;
 	} else if (ret == -EPROTO) {
 		die_msg("no valid answer from the daemon of %s", store);
 		return ret;
 	}
-	if (ret < 0) {
-		const char *msg = *reply && **reply ? *reply : strerror(-ret);
-		size_t l = strlen(msg);
-
-		fprintf(stderr, "branchfs: %.*s\n", (int)(l && msg[l - 1] == '\n' ? l - 1 : l), msg);
-	}
-	return ret;
+	return request_failed(ret, *reply);
 }
 
 static void json_str(const char *v)

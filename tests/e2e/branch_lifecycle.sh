@@ -292,6 +292,16 @@ ok branch delete c1
 ok branch reset r # back to its branch point: where r was made from main, even after reset --to rs1
 ok snapshot create main os2
 ok snapshot delete os2
+# offline commands run in parallel wait for each other's hold on the store
+pids=()
+for i in 1 2 3 4; do
+	"$BRANCHFS" branch create "par$i" >/dev/null 2>"$BFS_WORK/par$i.err" &
+	pids+=($!)
+done
+for i in 1 2 3 4; do
+	wait "${pids[$((i - 1))]}" || bfs_fail "parallel offline branch create par$i: $(cat "$BFS_WORK/par$i.err")"
+done
+for i in 1 2 3 4; do ok branch delete "par$i"; done
 for n in "${bad_names[@]}"; do bfs_expect_fail any "$BRANCHFS" branch create "$n"; done
 bfs_expect_fail any "$BRANCHFS" branch delete nosuch
 bfs_expect_fail any "$BRANCHFS" branch create o2

@@ -42,6 +42,14 @@ bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/relative"
 bfs_umount "$MNT"
 
+bfs_step "umount through a symlink to the mountpoint"
+bfs_mount "$STORE" "$MNT"
+ln -s "$MNT" "$BFS_WORK/mnt-link"
+"$BRANCHFS" umount "$BFS_WORK/mnt-link" || bfs_fail "umount through a symlink"
+! bfs_is_mounted "$MNT" || bfs_fail "still mounted after umount through a symlink"
+[ -z "$(bfs_daemon_pids "$STORE")" ] || bfs_fail "daemon alive after umount through a symlink"
+rm "$BFS_WORK/mnt-link"
+
 bfs_step "--foreground"
 "$BRANCHFS" mount "$STORE" "$MNT" --foreground 2>"$BFS_WORK/fg.log" &
 fg=$!
