@@ -110,6 +110,13 @@ enum bfs_codec {
  *   1      1    flags: bit 0 BFS_BRANCH_DELETED - deleted by the user,
  *                kept (hidden) only while snapshots or branches still read
  *                through it; the pruner removes it with its keys after that
+ *                bit 1 BFS_BRANCH_RESET (with bit 0) - deleted by a "branch
+ *                reset": the live branch of the same name and origin took
+ *                its place, and listings name that one as the parent of
+ *                what was made from this record.  Cleared when that branch
+ *                is deleted (the line ends: a new branch that takes the
+ *                name is someone else).  Readers that do not know it see a
+ *                deleted record.
  *   2      4    parent id (u32 BE; 0 = no parent)
  *   6      8    parent epoch: the branch point in the parent (u64 BE)
  *   14     8    current epoch (u64 BE); writes go to this epoch
@@ -146,6 +153,7 @@ enum bfs_codec {
 #define BFS_REC_VERSION 1u
 #define BFS_REC_HDR_SIZE 32u
 #define BFS_BRANCH_DELETED 0x01u
+#define BFS_BRANCH_RESET 0x02u
 
 /* ------------------------------------------------------------------------
  * "meta" column family: versioned metadata, one key per (branch, object,

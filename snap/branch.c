@@ -91,6 +91,38 @@ static struct snap_branch *by_name(struct snap *s, const char *name)
 	return NULL;
 }
 
+/*
+ * Is deleted record @old continued by live branch @br: the branch a reset
+ * made of it (BFS_BRANCH_RESET, same name, same origin)?  Not once the
+ * pruner is dropping @old, nor after the line ended in a user's delete.
+ */
+static bool continues(const struct snap_branch *br,
+		      const struct snap_branch *old)
+{
+	return old->deleted && old->superseded && !old->gone &&
+	       !old->dropping && !old->is_snapshot && !br->deleted &&
+	       !br->is_snapshot && strcmp(old->name, br->name) == 0 &&
+	       old->origin_id == br->origin_id &&
+	       old->origin_epoch == br->origin_epoch;
+}
+
+/* The records @br continues (tree_lock held), in a malloc()ed array with
+ * room for one more; NULL if out of memory. */
+static struct snap_branch **predecessors(struct snap *s,
+					 const struct snap_branch *br,
+					 size_t *n)
+{
+	struct snap_branch **v = calloc(s->nbranches + 1, sizeof(*v));
+
+	*n = 0;
+	if (!v)
+		return NULL;
+	for (size_t i = 0; i < s->nbranches; i++)
+		if (continues(br, s->branches[i]))
+			v[(*n)++] = s->branches[i];
+	return v;
+}
+
 static struct snap_tree *tree_by_id(struct snap *s, uint32_t id)
 {
 	for (struct snap_tree *t = s->trees; t; t = t->next)
@@ -379,8 +411,9 @@ static int mark_deleted(struct snap *s, struct snap_branch *br,
 
 int snap_branch_delete(struct snap *s, const char *name, bool force)
 {
-	struct snap_branch *br;
+	struct snap_branch *br, **prev;
 	struct kv_batch *b;
+	size_t nprev;
 	int ret;
 
 	if (s->readonly)
@@ -395,9 +428,22 @@ int snap_branch_delete(struct snap *s, const char *name, bool force)
 		ret = -EBUSY;
 		goto out;
 	}
+	prev = predecessors(s, br, &nprev);
+	if (!prev) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	b = kv_batch_new();
+	/* its line ends here: the records it continued are nobody's now */
+	for (size_t i = 0; i < nprev; i++) {
+		prev[i]->superseded = false;
+		put_record(b, prev[i]);
+	}
 	ret = mark_deleted(s, br, b);
 	kv_batch_free(b);
+	for (size_t i = 0; ret < 0 && i < nprev; i++)
+		prev[i]->superseded = true;
+	free(prev);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
 	if (ret == 0)
@@ -496,8 +542,11 @@ int snap_branch_reset(struct snap *s, const char *name, const char *to,
 	b = kv_batch_new();
 	put_record(b, nb);
 	put_next_id(b, s->next_id);
+	br->superseded = true; /* nb takes its place (BFS_BRANCH_RESET) */
 	ret = mark_deleted(s, br, b);
 	kv_batch_free(b);
+	if (ret < 0)
+		br->superseded = false;
 	ret = adopt(s, nb, ret, newid);
 out:
 	pthread_rwlock_unlock(&s->tree_lock);
@@ -506,18 +555,6 @@ out:
 	if (ret == 0)
 		prune_schedule(s);
 	return ret;
-}
-
-/* Is deleted branch @old continued by live branch @br: the branch a reset
- * made of it (same name, same origin; a branch made afresh under the name
- * from another place is not)? */
-static bool continues(const struct snap_branch *br, const struct snap_branch *old)
-{
-	return old->deleted && !old->gone && !old->is_snapshot &&
-	       !br->deleted && !br->is_snapshot &&
-	       strcmp(old->name, br->name) == 0 &&
-	       old->origin_id == br->origin_id &&
-	       old->origin_epoch == br->origin_epoch;
 }
 
 int snap_parent_name(struct snap *s, uint32_t id, char *buf, size_t size)
@@ -544,7 +581,7 @@ int snap_branch_rename(struct snap *s, const char *oldname, const char *newname,
 	struct snap_branch *br, **prev;
 	struct kv_batch *b;
 	char saved[SNAP_NAME_MAX + 1];
-	size_t nprev = 0;
+	size_t nprev;
 	int ret;
 
 	if (s->readonly)
@@ -565,14 +602,11 @@ int snap_branch_rename(struct snap *s, const char *oldname, const char *newname,
 	}
 	/* the records it continues after resets take the name too, so that
 	 * their snapshots and branches still name it as their parent */
-	prev = calloc(s->nbranches, sizeof(*prev));
+	prev = predecessors(s, br, &nprev);
 	if (!prev) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	for (size_t i = 0; i < s->nbranches; i++)
-		if (continues(br, s->branches[i]))
-			prev[nprev++] = s->branches[i];
 	memcpy(saved, br->name, sizeof(saved));
 	prev[nprev++] = br;
 	b = kv_batch_new();
@@ -829,7 +863,17 @@ int snap_prune(struct snap *s)
 				kv_batch_free(b);
 			}
 			if (ret == 0 && gone) {
+				/* a rename or delete must not write the
+				 * record back meanwhile (continues()) */
+				pthread_rwlock_wrlock(&s->tree_lock);
+				br->dropping = true;
+				pthread_rwlock_unlock(&s->tree_lock);
 				ret = drop_record(s, br);
+				if (ret < 0) {
+					pthread_rwlock_wrlock(&s->tree_lock);
+					br->dropping = false;
+					pthread_rwlock_unlock(&s->tree_lock);
+				}
 				if (ret == 0) {
 					struct snap_branch *p;
 

@@ -380,9 +380,14 @@ static bool rec_decode(struct ck *c, uint32_t id, bool snap, const uint8_t *v,
 			 r->name, id);
 	else
 		snprintf(r->label, sizeof(r->label), "%s", r->name);
-	if (f.flags & ~BFS_BRANCH_DELETED)
+	if (f.flags & ~(BFS_BRANCH_DELETED | BFS_BRANCH_RESET))
 		problem(c, "record", r->label, NULL, false,
 			"%s record %u: unknown flags 0x%02x", what, id, f.flags);
+	else if ((f.flags & BFS_BRANCH_RESET) &&
+		 (snap || !(f.flags & BFS_BRANCH_DELETED)))
+		problem(c, "record", r->label, NULL, false,
+			"%s record %u: flags 0x%02x: 'reset' without 'deleted'",
+			what, id, f.flags);
 	if (snap && r->deleted)
 		problem(c, "record", r->label, NULL, false,
 			"snapshot record %u is marked deleted (deleted snapshots "

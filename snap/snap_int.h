@@ -42,6 +42,8 @@ struct snap_branch {
 	uint64_t created_ns;
 	bool is_snapshot;
 	bool deleted;           /* kept only as an ancestor; see format.h */
+	bool superseded;        /* deleted by a reset (BFS_BRANCH_RESET) */
+	bool dropping;          /* the pruner is deleting its record */
 	bool gone;              /* pruned away: record and keys deleted */
 	_Atomic bool prune_needed; /* its readers shrank */
 	_Atomic int pins;          /* deleted trees still held that read its

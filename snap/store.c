@@ -44,7 +44,8 @@ size_t branch_encode(const struct snap_branch *br, uint8_t *v)
 
 	memset(v, 0, BFS_REC_HDR_SIZE);
 	v[0] = BFS_REC_VERSION;
-	v[1] = br->deleted ? BFS_BRANCH_DELETED : 0;
+	v[1] = (br->deleted ? BFS_BRANCH_DELETED : 0) |
+	       (br->superseded ? BFS_BRANCH_RESET : 0);
 	bfs_put_u32(v + 2, br->parent_id);
 	bfs_put_u64(v + 6, br->parent_epoch);
 	bfs_put_u64(v + 14, atomic_load(&br->epoch));
@@ -123,6 +124,7 @@ static int branch_decode(uint32_t id, bool snapshot, const uint8_t *v,
 	br->id = id;
 	br->is_snapshot = snapshot;
 	br->deleted = f.flags & BFS_BRANCH_DELETED;
+	br->superseded = br->deleted && (f.flags & BFS_BRANCH_RESET);
 	br->parent_id = f.parent_id;
 	br->parent_epoch = f.parent_epoch;
 	atomic_store(&br->epoch, f.epoch);

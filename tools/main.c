@@ -227,6 +227,11 @@ static int cmd_mount(int argc, char **argv)
 		}
 		ret = fs_serve(s, &o);
 		snap_close(s);
+		if (ret == -ENOPROTOOPT) {
+			die_msg("mount failed: FUSE refused the mount options '%s'",
+				opts ? opts : "");
+			return 1;
+		}
 		if (ret < 0) {
 			die_msg("mount failed: %s", strerror(-ret));
 			return 1;
@@ -474,10 +479,11 @@ static int cmd_stats(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = true;
-		else if ((!strcmp(argv[i], "-s") || !strcmp(argv[i], "--store")) &&
-			 i + 1 < argc && !store)
+		else if (!strcmp(argv[i], "-s") || !strcmp(argv[i], "--store")) {
+			if (i + 1 >= argc || store)
+				return usage_err("stats");
 			store = argv[++i];
-		else if (argv[i][0] == '-') {
+		} else if (argv[i][0] == '-') {
 			die_msg("stats: unknown option %s", argv[i]);
 			return usage_err("stats");
 		} else if (store)
@@ -714,6 +720,11 @@ static int request(const char *store, int n, const char **words, char **reply)
 		if (ret == -EBUSY && waited < STORE_WAIT_MS) {
 			nanosleep(&ts, NULL);
 			continue;
+		}
+		if (ret == -EBUSY) {
+			die_msg("cannot open store %s: %s (waited %d s)", store,
+				open_error(ret), STORE_WAIT_MS / 1000);
+			return ret;
 		}
 		if (ret < 0) {
 			die_msg("cannot open store %s: %s", store, open_error(ret));
@@ -1354,7 +1365,7 @@ static const struct cli_cmd *find_cmd(const char *name)
 
 static int cmd_help(int argc, char **argv)
 {
-	if (argc == 2 && find_cmd(argv[1]))
+	if (argc >= 2 && find_cmd(argv[1])) /* "help branch create" too */
 		return print_help(argv[1]);
 	if (argc >= 2) {
 		die_msg("unknown command '%s' (see 'branchfs help')", argv[1]);
@@ -1386,15 +1397,18 @@ int main(int argc, char **argv)
 		die_msg("unknown command '%s' (see 'branchfs help')", argv[1]);
 		return 2;
 	}
-	if (want_help(argc - 1, argv + 1))
-		return print_help(c->name);
 	signal(SIGPIPE, SIG_IGN);
-	ret = c->fn(argc - 1, argv + 1);
+	if (want_help(argc - 1, argv + 1))
+		ret = print_help(c->name);
+	else
+		ret = c->fn(argc - 1, argv + 1);
 	/* output that did not reach its reader (a full disk, a closed pipe)
-	 * is a failure too */
+	 * is a failure too ("check" exits 2: it could not report) */
+	errno = 0;
 	if (fflush(stdout) != 0 || ferror(stdout)) {
-		die_msg("cannot write the output: %s", strerror(errno));
-		return ret ? ret : 1;
+		die_msg("cannot write the output%s%s", errno ? ": " : "",
+			errno ? strerror(errno) : "");
+		return c->fn == cmd_check ? 2 : ret ? ret : 1;
 	}
 	return ret;
 }

@@ -298,9 +298,11 @@ for i in 1 2 3 4; do
 	"$BRANCHFS" branch create "par$i" >/dev/null 2>"$BFS_WORK/par$i.err" &
 	pids+=($!)
 done
-for i in 1 2 3 4; do
-	wait "${pids[$((i - 1))]}" || bfs_fail "parallel offline branch create par$i: $(cat "$BFS_WORK/par$i.err")"
+failed=
+for i in 1 2 3 4; do # every one ends before a failure is reported
+	wait "${pids[$((i - 1))]}" || failed+=" par$i: $(cat "$BFS_WORK/par$i.err")"
 done
+[ -z "$failed" ] || bfs_fail "parallel offline branch creates failed:$failed"
 for i in 1 2 3 4; do ok branch delete "par$i"; done
 for n in "${bad_names[@]}"; do bfs_expect_fail any "$BRANCHFS" branch create "$n"; done
 bfs_expect_fail any "$BRANCHFS" branch delete nosuch

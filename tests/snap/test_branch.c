@@ -3784,6 +3784,36 @@ static void test_command(void **state)
 	CMD_OK(e, "branch-delete", "qc");
 	CMD_OK(e, "snapshot-delete", "qs");
 	CMD_OK(e, "branch-delete", "q2");
+	/* a branch made afresh from the same snapshot is not the deleted
+	 * one, with or without resets before the delete */
+	cmd_create(e, "snapshot-create", "main", "S");
+	cmd_create(e, "branch-create", "x", "S");
+	cmd_create(e, "snapshot-create", "x", "xs");
+	ret = CMD(e, &r, "branch-reset", "x");
+	assert_int_equal(ret, 0);
+	free(r);
+	cmd_create(e, "snapshot-create", "x", "xs2");
+	ret = CMD(e, &r, "snapshot-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=xs", "branch", "x");
+	assert_field(r, "name=xs2", "branch", "x");
+	free(r);
+	CMD_OK(e, "branch-delete", "x");
+	cmd_create(e, "branch-create", "x", "S");
+	ret = CMD(e, &r, "snapshot-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=xs", "branch", "(deleted)");
+	assert_field(r, "name=xs2", "branch", "(deleted)");
+	free(r);
+	env_reopen(e);
+	ret = CMD(e, &r, "snapshot-list");
+	assert_int_equal(ret, 0);
+	assert_field(r, "name=xs", "branch", "(deleted)");
+	free(r);
+	CMD_OK(e, "branch-delete", "x");
+	CMD_OK(e, "snapshot-delete", "xs");
+	CMD_OK(e, "snapshot-delete", "xs2");
+	CMD_OK(e, "snapshot-delete", "S");
 
 	CMD_OK(e, "snapshot-delete", "s1x");
 	CMD_OK(e, "snapshot-delete", "ps", "--force");

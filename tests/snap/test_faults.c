@@ -715,14 +715,32 @@ static ssize_t op_branch_reset_to(struct ctx *c)
 	return snap_branch_reset(c->s, "b1", "s1", true, NULL);
 }
 
+/* (b1's tree is held open: --force) */
 static ssize_t op_branch_rename(struct ctx *c)
 {
-	return snap_branch_rename(c->s, "b1", "b1new", false);
+	return snap_branch_rename(c->s, "b1", "b1new", true);
 }
 
 static ssize_t op_snapshot_rename(struct ctx *c)
 {
-	return snap_branch_rename(c->s, "s1", "s1new", false);
+	return snap_branch_rename(c->s, "s1", "s1new", true);
+}
+
+/* b1 was reset: its old record (BFS_BRANCH_RESET) is renamed along, or
+ * loses the flag on a delete, in the same batch */
+static void prep_reset(struct ctx *c)
+{
+	assert_int_equal(snap_branch_reset(c->s, "b1", NULL, true, NULL), 0);
+}
+
+static ssize_t op_rename_after_reset(struct ctx *c)
+{
+	return op_branch_rename(c);
+}
+
+static ssize_t op_delete_after_reset(struct ctx *c)
+{
+	return op_branch_delete(c);
 }
 
 /* gc/prune: deletions and freed blocks are waiting for them. */
@@ -768,6 +786,8 @@ static const struct opdef ops[] = {
 	OP(branch_create), OP(branch_create_snap), OP(branch_create_b1),
 	OP(branch_delete), OP(branch_reset), OP(branch_reset_to),
 	OP(branch_rename), OP(snapshot_rename),
+	OP(rename_after_reset, .prep = prep_reset),
+	OP(delete_after_reset, .prep = prep_reset),
 	OP(gc, .prep = prep_gc), OP(prune_gc, .prep = prep_gc),
 };
 
