@@ -424,9 +424,12 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
 		ret = snap_branch_create(s, argv[1], argc == 3 ? argv[2] : NULL,
 					 &id);
-		if (ret == -ENOENT)
-			reply_err(&o, ret, "branch or snapshot",
-				  argc == 3 ? argv[2] : "main");
+		if (ret == -ENOENT && argc == 2) /* main renamed or deleted */
+			outf(&o, "branch 'main', where a branch is made from "
+				 "by default, does not exist: give --from "
+				 "BRANCH|SNAPSHOT\n");
+		else if (ret == -ENOENT)
+			reply_err(&o, ret, "branch or snapshot", argv[2]);
 		else if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 		else

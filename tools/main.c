@@ -103,6 +103,9 @@ static bool check_store(const char *store)
 	return true;
 }
 
+/* How long an offline command waits for another one to release the store. */
+#define STORE_WAIT_MS 10000
+
 static const char *open_error(int err)
 {
 	switch (err) {
@@ -474,7 +477,7 @@ static int cmd_stats(int argc, char **argv)
 	bool json = false, mounted = false;
 	char *reply = NULL, v[64];
 	double ratio;
-	int ret;
+	int ret, waited = 0;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
@@ -497,6 +500,7 @@ static int cmd_stats(int argc, char **argv)
 		return usage_err("stats");
 	if (!check_store(store))
 		return 1;
+retry:
 	{
 		const char *req[] = { "stats" };
 
@@ -517,9 +521,19 @@ static int cmd_stats(int argc, char **argv)
 		struct snap *s;
 
 		free(reply);
+		reply = NULL;
 		ret = snap_open(store, 0, &s);
+		/* another command holds the store: wait, as request() does */
+		if (ret == -EBUSY && waited < STORE_WAIT_MS) {
+			struct timespec ts = { .tv_nsec = 50 * 1000 * 1000 };
+
+			nanosleep(&ts, NULL);
+			waited += 50;
+			goto retry;
+		}
 		if (ret < 0) {
-			die_msg("cannot open store %s: %s", store, open_error(ret));
+			die_msg("cannot open store %s: %s%s", store, open_error(ret),
+				ret == -EBUSY ? " (waited 10 s)" : "");
 			return 1;
 		}
 		ret = snap_stats(s, &st);
@@ -675,9 +689,6 @@ static unsigned sub_opts(const char *cmd, const char *sub)
 			return t[i].allow;
 	return ~0u;
 }
-
-/* How long an offline command waits for another one to release the store. */
-#define STORE_WAIT_MS 10000
 
 /* Print the error of a failed request (its reply, else @ret); @ret. */
 static int request_failed(int ret, const char *reply)

@@ -298,8 +298,10 @@ for i in 1 2 3 4; do
 	"$BRANCHFS" branch create "par$i" >/dev/null 2>"$BFS_WORK/par$i.err" &
 	pids+=($!)
 done
+"$BRANCHFS" stats "$STORE" >/dev/null 2>"$BFS_WORK/par5.err" &
+pids+=($!)
 failed=
-for i in 1 2 3 4; do # every one ends before a failure is reported
+for i in 1 2 3 4 5; do # every one ends before a failure is reported
 	wait "${pids[$((i - 1))]}" || failed+=" par$i: $(cat "$BFS_WORK/par$i.err")"
 done
 [ -z "$failed" ] || bfs_fail "parallel offline branch creates failed:$failed"

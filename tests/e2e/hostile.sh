@@ -127,6 +127,9 @@ chmod o-x "$STORE"
 [ ! -e "$MNT/evil" ] && [ -d "$MNT/b0" ] || bfs_fail "nobody's requests had an effect"
 as_nobody "$BRANCHFS" branch list >/dev/null 2>&1 && bfs_fail "nobody can list branches through the CLI"
 BAD=$((BAD + 1))
+# a store nobody may enter is not "not a store"
+out=$(as_nobody "$BRANCHFS" stats "$STORE" 2>&1) && bfs_fail "nobody can read the store's stats"
+grep -q 'Permission denied' <<<"$out" || bfs_fail "nobody's stats does not say 'Permission denied': $out"
 
 bfs_step "control socket: malformed requests"
 FD0=$(daemon_fds)

@@ -3814,6 +3814,15 @@ static void test_command(void **state)
 	CMD_OK(e, "snapshot-delete", "xs");
 	CMD_OK(e, "snapshot-delete", "xs2");
 	CMD_OK(e, "snapshot-delete", "S");
+	/* main is only the default source: without it, say so */
+	CMD_OK(e, "branch-rename", "main", "trunk", "--force"); /* held open */
+	CMD_ERR(e, -ENOENT,
+		"branch 'main', where a branch is made from by default, does "
+		"not exist: give --from BRANCH|SNAPSHOT\n",
+		"branch-create", "nomain");
+	cmd_create(e, "branch-create", "frtrunk", "trunk");
+	CMD_OK(e, "branch-delete", "frtrunk");
+	CMD_OK(e, "branch-rename", "trunk", "main", "--force");
 
 	CMD_OK(e, "snapshot-delete", "s1x");
 	CMD_OK(e, "snapshot-delete", "ps", "--force");
