@@ -1413,10 +1413,11 @@ int main(int argc, char **argv)
 		ret = print_help(c->name);
 	else
 		ret = c->fn(argc - 1, argv + 1);
-	/* output that did not reach its reader (a full disk, a closed pipe)
-	 * is a failure too ("check" exits 2: it could not report) */
+	/* output that did not reach its reader (a full disk, an I/O error)
+	 * is a failure too ("check" exits 2: it could not report); a reader
+	 * that stopped reading (EPIPE: "| head", "| grep -q") is not */
 	errno = 0;
-	if (fflush(stdout) != 0 || ferror(stdout)) {
+	if ((fflush(stdout) != 0 || ferror(stdout)) && errno != EPIPE) {
 		die_msg("cannot write the output%s%s", errno ? ": " : "",
 			errno ? strerror(errno) : "");
 		return c->fn == cmd_check ? 2 : ret ? ret : 1;

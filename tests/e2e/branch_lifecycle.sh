@@ -253,6 +253,14 @@ bfs_expect_fail 2 "$BRANCHFS" gc --json
 bfs_expect_fail 2 "$BRANCHFS" help nosuch
 # output that cannot be written is an error
 bfs_expect_fail any sh -c '"$0" branch list >/dev/full' "$BRANCHFS"
+# ... but a reader that stopped reading ("| head") is not an error
+{
+	sleep 0.3
+	"$BRANCHFS" branch list
+} 2>"$BFS_WORK/epipe.err" | true
+st=${PIPESTATUS[0]}
+[ "$st" -eq 0 ] && [ ! -s "$BFS_WORK/epipe.err" ] ||
+	bfs_fail "branch list into a closed pipe: exit $st: $(cat "$BFS_WORK/epipe.err")"
 [ "$(top)" = "$BEFORE_TOP" ] || bfs_fail "failed commands changed MNT: $(top)"
 
 bfs_step "--json outputs"
