@@ -121,6 +121,45 @@ static const char *open_error(int err)
 	}
 }
 
+/*
+ * Send request @words to the daemon of @store (*local false, its status
+ * returned, *reply its answer).  When the store is not mounted, open it
+ * here instead (*local true; 0 with the store in *s, for the caller to
+ * close, or the error, already printed).  Another offline command (or a
+ * mount coming up or going down) holds the store for a moment: wait for
+ * it, up to STORE_WAIT_MS, so that scripts may run commands in parallel.
+ */
+static int call_or_open(const char *store, int n, const char **words,
+			char **reply, struct snap **s, bool *local)
+{
+	int ret;
+
+	*s = NULL;
+	for (int waited = 0;; waited += 50) {
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+
+		*local = false;
+		ret = ctl_call(store, n, words, reply);
+		if (ret != -ENOTCONN)
+			return ret;
+		free(*reply);
+		*reply = NULL;
+		*local = true;
+		ret = snap_open(store, 0, s);
+		if (ret != -EBUSY || waited >= STORE_WAIT_MS)
+			break;
+		nanosleep(&ts, NULL);
+	}
+	if (ret == -EBUSY)
+		die_msg("cannot open store %s: %s (waited %d s)", store,
+			open_error(ret), STORE_WAIT_MS / 1000);
+	else if (ret < 0)
+		die_msg("cannot open store %s: %s", store, open_error(ret));
+	if (ret < 0)
+		*s = NULL;
+	return ret;
+}
+
 /* ---- init ----------------------------------------------------------------- */
 
 static int cmd_init(int argc, char **argv)
@@ -476,8 +515,10 @@ static int cmd_stats(int argc, char **argv)
 	const char *store = NULL;
 	bool json = false, mounted = false;
 	char *reply = NULL, v[64];
+	struct snap *s;
 	double ratio;
-	int ret, waited = 0;
+	bool local;
+	int ret;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
@@ -500,13 +541,14 @@ static int cmd_stats(int argc, char **argv)
 		return usage_err("stats");
 	if (!check_store(store))
 		return 1;
-retry:
 	{
 		const char *req[] = { "stats" };
 
-		ret = ctl_call(store, 1, req, &reply);
+		ret = call_or_open(store, 1, req, &reply, &s, &local);
 	}
-	if (ret == 0) {
+	if (local && ret < 0)
+		return 1;
+	if (!local && ret == 0) {
 		mounted = true;
 		lb = strtoull(ctl_field(reply, "logical_bytes", v, sizeof(v)) ?: "0", NULL, 10);
 		sb = strtoull(ctl_field(reply, "stored_bytes", v, sizeof(v)) ?: "0", NULL, 10);
@@ -516,26 +558,9 @@ retry:
 		br = strtoull(ctl_field(reply, "branches", v, sizeof(v)) ?: "0", NULL, 10);
 		sn = strtoull(ctl_field(reply, "snapshots", v, sizeof(v)) ?: "0", NULL, 10);
 		free(reply);
-	} else if (ret == -ENOTCONN) {
+	} else if (local) {
 		struct snap_stats st;
-		struct snap *s;
 
-		free(reply);
-		reply = NULL;
-		ret = snap_open(store, 0, &s);
-		/* another command holds the store: wait, as request() does */
-		if (ret == -EBUSY && waited < STORE_WAIT_MS) {
-			struct timespec ts = { .tv_nsec = 50 * 1000 * 1000 };
-
-			nanosleep(&ts, NULL);
-			waited += 50;
-			goto retry;
-		}
-		if (ret < 0) {
-			die_msg("cannot open store %s: %s%s", store, open_error(ret),
-				ret == -EBUSY ? " (waited 10 s)" : "");
-			return 1;
-		}
 		ret = snap_stats(s, &st);
 		snap_close(s);
 		if (ret < 0) {
@@ -709,38 +734,16 @@ static int request_failed(int ret, const char *reply)
  */
 static int request(const char *store, int n, const char **words, char **reply)
 {
+	struct snap *s;
+	bool local;
 	int ret;
 
 	if (!check_store(store))
 		return -ENOENT;
-	/*
-	 * Not mounted: open the store here.  Another offline command (or a
-	 * mount coming up or going down) holds it for a moment: wait for it,
-	 * up to STORE_WAIT_MS, so that scripts may run commands in parallel.
-	 */
-	for (int waited = 0;; waited += 50) {
-		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-		struct snap *s;
-
-		ret = ctl_call(store, n, words, reply);
-		if (ret != -ENOTCONN)
-			break;
-		free(*reply);
-		*reply = NULL;
-		ret = snap_open(store, 0, &s);
-		if (ret == -EBUSY && waited < STORE_WAIT_MS) {
-			nanosleep(&ts, NULL);
-			continue;
-		}
-		if (ret == -EBUSY) {
-			die_msg("cannot open store %s: %s (waited %d s)", store,
-				open_error(ret), STORE_WAIT_MS / 1000);
+	ret = call_or_open(store, n, words, reply, &s, &local);
+	if (local) {
+		if (ret < 0)
 			return ret;
-		}
-		if (ret < 0) {
-			die_msg("cannot open store %s: %s", store, open_error(ret));
-			return ret;
-		}
 		ret = snap_command(s, n, (char **)words, reply);
 		snap_close(s);
 		return request_failed(ret, *reply);
