@@ -30,22 +30,12 @@ static int io_full(int fd, void *buf, size_t n, bool wr)
 	return 0;
 }
 
-int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
+/* A connected socket to @store's daemon, or -ENOTCONN if none serves it. */
+static int ctl_connect(const char *store)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	/* gc compacts the whole database: as long as that takes */
-	struct timeval tv = { .tv_sec = argc > 0 && !strcmp(argv[0], "gc") ? 0 : 120 };
-	unsigned char hdr[8];
-	size_t n = 0, off = 4;
-	uint32_t len;
-	char *req;
-	int dfd, fd, ret, status;
+	int dfd, fd, ret;
 
-	*reply = NULL;
-	for (int i = 0; i < argc; i++)
-		n += strlen(argv[i]) + 1;
-	if (n > CTL_MAX_REQUEST)
-		return -E2BIG;
 	dfd = open(store, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
@@ -65,6 +55,37 @@ int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
 		return ret;
 	}
 	close(dfd);
+	return fd;
+}
+
+bool ctl_serving(const char *store)
+{
+	int fd = ctl_connect(store);
+
+	if (fd < 0)
+		return fd != -ENOTCONN;
+	close(fd);
+	return true;
+}
+
+int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
+{
+	/* gc compacts the whole database: as long as that takes */
+	struct timeval tv = { .tv_sec = argc > 0 && !strcmp(argv[0], "gc") ? 0 : 120 };
+	unsigned char hdr[8];
+	size_t n = 0, off = 4;
+	uint32_t len;
+	char *req;
+	int fd, ret, status;
+
+	*reply = NULL;
+	for (int i = 0; i < argc; i++)
+		n += strlen(argv[i]) + 1;
+	if (n > CTL_MAX_REQUEST)
+		return -E2BIG;
+	fd = ctl_connect(store);
+	if (fd < 0)
+		return fd;
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	req = malloc(n + 4);
 	if (!req) {

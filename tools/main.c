@@ -1224,7 +1224,17 @@ static int cmd_check(int argc, char **argv)
 	o.tty = isatty(STDERR_FILENO);
 	if (o.json)
 		printf("{\"problems\": [");
-	ret = snap_open(store, SNAP_OPEN_CHECK, &s);
+	/* Another offline command holds the store for a moment: wait for it,
+	 * as the other commands do; a mounted store is refused at once. */
+	for (int waited = 0;; waited += 50) {
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+
+		ret = snap_open(store, SNAP_OPEN_CHECK, &s);
+		if (ret != -EBUSY || waited >= STORE_WAIT_MS ||
+		    ctl_serving(store))
+			break;
+		nanosleep(&ts, NULL);
+	}
 	if (ret == -EPROTONOSUPPORT) {
 		check_report(&o, "format", NULL, NULL,
 			     "the store's format version is not one this "
@@ -1237,10 +1247,14 @@ static int cmd_check(int argc, char **argv)
 	if (ret < 0) {
 		if (o.json)
 			printf("]}\n");
-		if (ret == -EBUSY)
-			die_msg("store %s is in use (mounted, or another branchfs "
-				"command is running): check works on an unmounted "
-				"store only", store);
+		if (ret == -EBUSY && ctl_serving(store))
+			die_msg("store %s is mounted: check works on an "
+				"unmounted store only (branchfs umount MNT first)",
+				store);
+		else if (ret == -EBUSY)
+			die_msg("store %s is in use by another branchfs command "
+				"(waited %d s): check works on an unmounted, idle "
+				"store only", store, STORE_WAIT_MS / 1000);
 		else
 			die_msg("cannot open store %s: %s", store, open_error(ret));
 		return 2;

@@ -15,6 +15,9 @@ void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * (0 or -errno) with *reply a malloc()ed text, or -ENOTCONN if no daemon
  * serves @store. */
 int ctl_call(const char *store, int argc, const char *const *argv, char **reply);
+/* Whether a daemon serves @store: its control socket takes connections
+ * (an error other than "nobody listens" counts as yes). */
+bool ctl_serving(const char *store);
 const char *ctl_field(const char *text, const char *key, char *buf, size_t size);
 
 #endif /* BFS_TOOLS_H */

@@ -308,17 +308,21 @@ for i in 1 2 3 4; do
 done
 "$BRANCHFS" stats "$STORE" >/dev/null 2>"$BFS_WORK/par5.err" &
 pids+=($!)
+"$BRANCHFS" check "$STORE" >/dev/null 2>"$BFS_WORK/par6.err" &
+pids+=($!)
 failed=
-for i in 1 2 3 4 5; do # every one ends before a failure is reported
+for i in 1 2 3 4 5 6; do # every one ends before a failure is reported
 	wait "${pids[$((i - 1))]}" || failed+=" par$i: $(cat "$BFS_WORK/par$i.err")"
 done
-[ -z "$failed" ] || bfs_fail "parallel offline branch creates failed:$failed"
+[ -z "$failed" ] || bfs_fail "parallel offline commands failed:$failed"
 for i in 1 2 3 4; do ok branch delete "par$i"; done
 for n in "${bad_names[@]}"; do bfs_expect_fail any "$BRANCHFS" branch create "$n"; done
 bfs_expect_fail any "$BRANCHFS" branch delete nosuch
 bfs_expect_fail any "$BRANCHFS" branch create o2
 ok gc
 bfs_mount "$STORE" "$MNT"
+err=$("$BRANCHFS" check "$STORE" 2>&1) && bfs_fail "check of a mounted store succeeded"
+grep -q "is mounted" <<<"$err" || bfs_fail "check of a mounted store: $err"
 [ "$(json_names branch)" = "$(printf 'b1r\nb2\nb3\nbusy2\nc2\ngc1\nmain\no1r\no2\nr')" ] ||
 	bfs_fail "branches after offline changes: $(json_names branch | tr '\n' ' ')"
 [ "$(json_names snapshot)" = "$(printf 'os1r\ns1r')" ] ||
