@@ -193,7 +193,8 @@ static int cmd_init(int argc, char **argv)
 
 /* ---- mount ---------------------------------------------------------------- */
 
-static int find_mount(const char *mnt, char *store, size_t size);
+static int find_mount(const char *mnt, char *store, size_t size,
+		      long *owner);
 
 static int cmd_mount(int argc, char **argv)
 {
@@ -249,7 +250,7 @@ static int cmd_mount(int argc, char **argv)
 	{
 		char other[PATH_MAX];
 
-		if (find_mount(mnt, other, sizeof(other)) > 0) {
+		if (find_mount(mnt, other, sizeof(other), NULL) > 0) {
 			die_msg("%s is already a branchfs mount (of %s)", mnt,
 				other);
 			return 1;
@@ -369,8 +370,9 @@ static int cmd_mount(int argc, char **argv)
 
 /* ---- umount --------------------------------------------------------------- */
 
-/* Find @mnt in /proc/self/mountinfo: store path in @store.  1 found. */
-static int find_mount(const char *mnt, char *store, size_t size)
+/* Find @mnt in /proc/self/mountinfo: store path in @store, the uid that
+ * mounted it in *@owner (-1 unknown).  1 found. */
+static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	char line[8192];
@@ -394,6 +396,11 @@ static int find_mount(const char *mnt, char *store, size_t size)
 			snprintf(store, size, "%s", src + 9);
 		else
 			store[0] = 0;
+		if (owner) {
+			const char *u = strstr(dash, ",user_id=");
+
+			*owner = u ? strtol(u + 9, NULL, 10) : -1;
+		}
 		found = 1;
 	}
 	fclose(f);
@@ -452,6 +459,7 @@ static int wait_unlocked(const char *store, int secs)
 static int cmd_umount(int argc, char **argv)
 {
 	char mnt[PATH_MAX], store[PATH_MAX] = "";
+	long owner = -1;
 	struct stat st;
 	bool stale;
 	int ret;
@@ -462,11 +470,11 @@ static int cmd_umount(int argc, char **argv)
 		die_msg("%s: %s", argv[1], strerror(errno));
 		return 1;
 	}
-	ret = find_mount(mnt, store, sizeof(store));
+	ret = find_mount(mnt, store, sizeof(store), &owner);
 	/* a path through a symlink: resolving it is fine for a live mount (a
 	 * stale one is found by its literal path above) */
 	if (ret <= 0 && realpath(argv[1], mnt))
-		ret = find_mount(mnt, store, sizeof(store));
+		ret = find_mount(mnt, store, sizeof(store), &owner);
 	if (ret <= 0) {
 		die_msg("%s is not a branchfs mount", argv[1]);
 		return 1;
@@ -484,9 +492,15 @@ static int cmd_umount(int argc, char **argv)
 			return 1;
 		}
 	} else {
-		pid_t pid = fork();
+		pid_t pid;
 		int status;
 
+		if (owner >= 0 && owner != (long)getuid()) {
+			die_msg("%s was mounted by uid %ld: only that user or "
+				"root can unmount it", mnt, owner);
+			return 1;
+		}
+		pid = fork();
 		if (pid == 0) {
 			execlp("fusermount3", "fusermount3", "-u",
 			       stale ? "-z" : "-u", mnt, (char *)NULL);

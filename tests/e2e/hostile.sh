@@ -130,6 +130,11 @@ BAD=$((BAD + 1))
 # a store nobody may enter is not "not a store"
 out=$(as_nobody "$BRANCHFS" stats "$STORE" 2>&1) && bfs_fail "nobody can read the store's stats"
 grep -q 'Permission denied' <<<"$out" || bfs_fail "nobody's stats does not say 'Permission denied': $out"
+out=$(as_nobody "$BRANCHFS" umount "$MNT" 2>&1) && bfs_fail "nobody unmounted root's mount"
+bfs_log "nobody's umount: $out"
+grep -q 'mounted by uid 0' <<<"$out" || bfs_fail "nobody's umount does not say why: $out"
+[ -d "$MNT/b0" ] || bfs_fail "the mount is gone after nobody's umount"
+BAD=$((BAD + 1))
 
 bfs_step "control socket: malformed requests"
 FD0=$(daemon_fds)
