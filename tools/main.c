@@ -888,10 +888,14 @@ static int print_records(const char *text, bool json)
 				printf("%s", c ? ", " : "");
 				json_str(rows[i].k[c]);
 				printf(": ");
-				/* a name may be all digits: still a string */
+				/* a name may be all digits: still a string;
+				 * "-" (none) is null: no name is "-" */
 				if (all_digits(rows[i].v[c]) &&
 				    !names_record(rows[i].k[c]))
 					printf("%s", rows[i].v[c]);
+				else if (names_record(rows[i].k[c]) &&
+					 !strcmp(rows[i].v[c], "-"))
+					printf("null");
 				else
 					json_str(rows[i].v[c]);
 			}

@@ -74,6 +74,12 @@ ok branch create b3 --from b1
 [ "$(sum "$MNT/b2")" = "$MAIN0" ] && [ "$(sum "$MNT/b3")" = "$MAIN0" ] || bfs_fail "b2/b3 differ from main"
 [ "$(json_names branch)" = "$(printf 'b1\nb2\nb3\nmain')" ] || bfs_fail "branch list: $(json_names branch)"
 [ "$(json_names snapshot)" = s1 ] || bfs_fail "snapshot list: $(json_names snapshot)"
+# none is null in JSON (the table's "-"): main has no parent; b2 is from s1
+pj=$(bfs branch list --json | perl -MJSON::PP -e 'my %b = map { $_->{name} => $_ }
+	@{ JSON::PP->new->decode(do { local $/; <STDIN> }) };
+	print join(" ", map { $_ // "null" } $b{main}{parent}, $b{main}{snapshot},
+		$b{b2}{parent}, $b{b2}{snapshot}, $b{b3}{snapshot}, $b{b2}{reset_to})')
+[ "$pj" = "null null main s1 null null" ] || bfs_fail "parent/snapshot/reset_to in branch list --json: $pj"
 # the text listing names them too
 bfs branch list | grep -q '^b3 ' || bfs_fail "branch list (text) lacks b3: $(bfs branch list)"
 
