@@ -291,8 +291,10 @@ pgl_stop() {
 pgl_pg_shm() {
 	local p
 	for p in "$@"; do
+		# a process that exits meanwhile has no maps: awk exits 2, which
+		# under set -e and pipefail killed the calling test
 		awk '$6 ~ /^\/SYSV[0-9a-fA-F]+$/ { print "sysv", $5 }
-		     $6 ~ /^\/dev\/shm\/PostgreSQL\./ { print "posix", $6 }' "/proc/$p/maps" 2>/dev/null
+		     $6 ~ /^\/dev\/shm\/PostgreSQL\./ { print "posix", $6 }' "/proc/$p/maps" 2>/dev/null || true
 	done | sort -u
 }
 
