@@ -6,11 +6,13 @@
  * Content-addressed blocks, GC and statistics live in kv/block.c, the
  * refcount merge operator in kv/merge.c, fault injection in kv/fault.c.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -353,10 +355,31 @@ out_free_kv:
 	return ret;
 }
 
+static int wal_err_get(struct kv *kv);
+
 void kv_close(struct kv *kv)
 {
 	if (!kv)
 		return;
+	/* Not after a failed write or WAL sync: flushing switches the WAL,
+	 * and RocksDB 7.8 asserts on a WAL writer that holds an error. */
+	if (!kv->readonly && !atomic_load(&kv->poisoned) && !wal_err_get(kv)) {
+		rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+
+		rocksdb_flushoptions_set_wait(fo, 1);
+		for (int i = 0; i < KV_CF_COUNT; i++) {
+			char *err = NULL;
+
+			rocksdb_flush_cf(kv->db, fo, kv->cf[i], &err);
+			if (err) {
+				/* the WAL still has it: the next open replays */
+				kv_log("rocksdb flush at close: %s", err);
+				free(err);
+				break;
+			}
+		}
+		rocksdb_flushoptions_destroy(fo);
+	}
 	for (int i = 0; i < KV_CF_COUNT; i++)
 		rocksdb_column_family_handle_destroy(kv->cf[i]);
 	rocksdb_close(kv->db);
@@ -366,6 +389,36 @@ void kv_close(struct kv *kv)
 	pthread_rwlock_destroy(&kv->block_lock);
 	free(kv->dbdir);
 	free(kv);
+}
+
+/* Slack for the info LOG, MANIFEST, OPTIONS file and a new WAL. */
+#define KV_OPEN_SLACK (8 * KV_MIB)
+
+int kv_open_room(const char *dbdir, uint64_t *need, uint64_t *avail)
+{
+	struct statvfs sv;
+	struct dirent *de;
+	DIR *d;
+
+	if (statvfs(dbdir, &sv) < 0)
+		return -errno;
+	/* root may write into the blocks a filesystem keeps for root */
+	*avail = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) *
+		 sv.f_frsize;
+	*need = KV_OPEN_SLACK;
+	d = opendir(dbdir);
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		struct stat st;
+
+		if (l > 4 && !strcmp(de->d_name + l - 4, ".log") &&
+		    fstatat(dirfd(d), de->d_name, &st, 0) == 0)
+			*need += (uint64_t)st.st_size;
+	}
+	closedir(d);
+	return 0;
 }
 
 /* ---- point reads ------------------------------------------------------ */

@@ -127,6 +127,10 @@ int snap_compact(struct snap *s);
 #define SNAP_RESERVE_BYTES (64ull << 20)
 bool snap_reserve_release(struct snap *s, const char *why);
 void snap_reserve_take(struct snap *s);
+/* Room opening the store at @path for writing needs on its disk, and the
+ * room there is (kv_open_room); 0 or -errno.  snap_open() for writing
+ * gives up the reserve when that makes the room, else fails -ENOSPC. */
+int snap_open_room(const char *path, uint64_t *need, uint64_t *avail);
 /* Less than 4 x SNAP_RESERVE_BYTES free on the store's filesystem. */
 bool snap_disk_low(struct snap *s);
 

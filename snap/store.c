@@ -544,6 +544,49 @@ out:
 
 /* ---- store lifecycle ------------------------------------------------- */
 
+int snap_open_room(const char *path, uint64_t *need, uint64_t *avail)
+{
+	char *dbp = path_join(path, "db");
+	int ret;
+
+	if (!dbp)
+		return -ENOMEM;
+	ret = kv_open_room(dbp, need, avail);
+	free(dbp);
+	return ret;
+}
+
+/*
+ * Opening for writing needs the room kv_open_room() names.  On a disk too
+ * full for it, the disk-full reserve is given up: it exists for this (a
+ * branch delete on a full disk begins with an open).  Still too full:
+ * -ENOSPC, rather than RocksDB aborting the process.
+ */
+static int open_room(struct snap *s)
+{
+	char *rp = path_join(s->path, "reserve");
+	uint64_t need, avail, reserve = 0;
+	struct stat st;
+	int ret = snap_open_room(s->path, &need, &avail);
+
+	if (rp && stat(rp, &st) == 0)
+		reserve = (uint64_t)st.st_blocks * 512;
+	free(rp);
+	if (ret < 0 || avail >= need)
+		return 0; /* cannot tell: let RocksDB try */
+	if (avail + reserve >= need &&
+	    snap_reserve_release(s, "opening the store needs room on a full "
+				    "disk"))
+		ret = snap_open_room(s->path, &need, &avail);
+	if (ret < 0 || avail >= need)
+		return 0;
+	kv_log("store %s: opening it needs about %llu MiB free on its disk, "
+	       "only %llu MiB are", s->path,
+	       (unsigned long long)((need + (1 << 20) - 1) >> 20),
+	       (unsigned long long)(avail >> 20));
+	return -ENOSPC;
+}
+
 static int lock_store(const char *path, int *fdp)
 {
 	char *lp = path_join(path, "lock");
@@ -1009,6 +1052,9 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		ret = lock_store(s->path, &s->lock_fd);
 		if (ret == -ENOENT)
 			ret = -EINVAL;
+		if (ret < 0)
+			goto out_free;
+		ret = open_room(s);
 		if (ret < 0)
 			goto out_free;
 	}

@@ -116,9 +116,34 @@ static const char *open_error(int err)
 		return "store format not supported by this version of branchfs";
 	case -EINVAL:
 		return "not a branchfs store, or it is damaged";
+	case -ENOSPC:
+		return "its disk is too full to open it for writing: free "
+		       "some space";
 	default:
 		return strerror(-err);
 	}
+}
+
+/*
+ * How to open @store for request @words offline: for writing, unless the
+ * request only reads and the disk has not the room opening for writing
+ * needs (snap_open_room): then read-only, which writes nothing, and the
+ * disk-full reserve stays for the deletes that need it.
+ */
+static unsigned open_flags(const char *store, int n, const char **words)
+{
+	static const char *const reads[] = { "branch-list", "snapshot-list",
+					     "du", "stats" };
+	uint64_t need, avail;
+
+	for (size_t i = 0; n > 0 && i < sizeof(reads) / sizeof(reads[0]); i++) {
+		if (strcmp(words[0], reads[i]))
+			continue;
+		if (snap_open_room(store, &need, &avail) == 0 && avail < need)
+			return SNAP_OPEN_READONLY;
+		break;
+	}
+	return 0;
 }
 
 /*
@@ -145,7 +170,7 @@ static int call_or_open(const char *store, int n, const char **words,
 		free(*reply);
 		*reply = NULL;
 		*local = true;
-		ret = snap_open(store, 0, s);
+		ret = snap_open(store, open_flags(store, n, words), s);
 		if (ret != -EBUSY || waited >= STORE_WAIT_MS)
 			break;
 		nanosleep(&ts, NULL);
@@ -1211,7 +1236,7 @@ static int cmd_check(int argc, char **argv)
 	struct check_out o = { 0 };
 	struct snap_check_stats st = { 0 };
 	const char *store = NULL;
-	unsigned flags = 0;
+	unsigned flags = 0, oflags = SNAP_OPEN_CHECK;
 	struct snap *s;
 	int ret;
 
@@ -1242,12 +1267,22 @@ static int cmd_check(int argc, char **argv)
 	o.tty = isatty(STDERR_FILENO);
 	if (o.json)
 		printf("{\"problems\": [");
+	/* On a disk without room to open for writing, a check that repairs
+	 * nothing opens read-only (and leaves the disk-full reserve alone);
+	 * that takes no lock, so a mounted store is refused here. */
+	{
+		uint64_t need, avail;
+
+		if (!(flags & SNAP_CHECK_REPAIR) && !ctl_serving(store) &&
+		    snap_open_room(store, &need, &avail) == 0 && avail < need)
+			oflags |= SNAP_OPEN_READONLY;
+	}
 	/* Another offline command holds the store for a moment: wait for it,
 	 * as the other commands do; a mounted store is refused at once. */
 	for (int waited = 0;; waited += 50) {
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
 
-		ret = snap_open(store, SNAP_OPEN_CHECK, &s);
+		ret = snap_open(store, oflags, &s);
 		if (ret != -EBUSY || waited >= STORE_WAIT_MS ||
 		    ctl_serving(store))
 			break;

@@ -307,6 +307,49 @@ static void test_readonly(void **state)
 	kv_close(ro);
 }
 
+/* kv_open_room: the WAL left to replay counts; a clean close leaves none,
+ * a read-only close leaves it as it was. */
+static void test_open_room(void **state)
+{
+	struct env *e = *state;
+	struct kv *ro = NULL;
+	uint64_t need0, need, avail;
+	struct kv_batch *b = kv_batch_new();
+	uint8_t val[4096];
+	void *v;
+	size_t vlen;
+
+	memset(val, 'x', sizeof(val));
+	assert_int_equal(kv_open_room(e->db, &need0, &avail), 0);
+	assert_true(avail > 0);
+	for (int i = 0; i < 256; i++) {
+		char k[16];
+
+		snprintf(k, sizeof(k), "k%d", i);
+		kv_batch_put(b, KV_CF_META, k, strlen(k), val, sizeof(val));
+	}
+	assert_int_equal(kv_commit(e->kv, b), 0);
+	assert_int_equal(kv_sync(e->kv), 0);
+	assert_int_equal(kv_open_room(e->db, &need, &avail), 0);
+	assert_true(need >= need0 + 256 * sizeof(val)); /* in the WAL */
+	/* a read-only open and close writes nothing */
+	assert_int_equal(kv_open(e->db, KV_READONLY, &ro), 0);
+	kv_close(ro);
+	assert_int_equal(kv_open_room(e->db, &need, &avail), 0);
+	assert_true(need >= need0 + 256 * sizeof(val));
+	/* a clean close flushes: nothing left to replay (measured before
+	 * the next open, which would flush what it replays), nothing lost */
+	kv_close(e->kv);
+	e->kv = NULL;
+	assert_int_equal(kv_open_room(e->db, &need, &avail), 0);
+	assert_true(need < need0 + sizeof(val));
+	assert_int_equal(kv_open(e->db, 0, &e->kv), 0);
+	assert_int_equal(kv_get(e->kv, KV_CF_META, "k255", 4, &v, &vlen), 0);
+	assert_int_equal(vlen, sizeof(val));
+	free(v);
+	kv_batch_free(b);
+}
+
 /* ---- point reads, batches, iterators ------------------------------------ */
 
 static void test_get_put_delete(void **state)
@@ -1425,6 +1468,7 @@ int main(void)
 		T(test_format_missing),
 		T(test_not_ours),
 		T(test_readonly),
+		T(test_open_room),
 		T(test_get_put_delete),
 		T(test_large_batch),
 		T(test_iterate_bounds),
