@@ -168,6 +168,8 @@ static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 	rocksdb_options_set_bytes_per_sync(o, KV_MIB);
 	rocksdb_options_set_keep_log_file_num(o, 4);
 	rocksdb_options_set_max_log_file_size(o, 8 * KV_MIB);
+	/* (default 4 MiB) less to find on a full disk: kv_open_room */
+	rocksdb_options_set_manifest_preallocation_size(o, KV_MIB);
 
 	for (int i = 0; i < KV_CF_COUNT; i++) {
 		const struct cf_tuning *t = &cf_tuning[i];
@@ -356,14 +358,41 @@ out_free_kv:
 }
 
 static int wal_err_get(struct kv *kv);
+static uint64_t open_slack(void);
+static int disk_avail(const char *path, uint64_t *avail);
+
+/*
+ * Whether flushing the memtables at close has room: their size in new
+ * table files plus what a new WAL takes (open_slack), and RocksDB does not
+ * stop writes (a flush would wait for it without end).  RocksDB 7.8 aborts
+ * the process when its info LOG cannot be written, so a flush on a full
+ * disk is not tried: the WAL keeps the data, the next open replays it.
+ */
+static bool close_flush_room(struct kv *kv)
+{
+	uint64_t mem = 0, v, avail = 0;
+
+	if (rocksdb_property_int(kv->db, "rocksdb.is-write-stopped", &v) == 0 &&
+	    v)
+		return false;
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		if (rocksdb_property_int_cf(kv->db, kv->cf[i],
+					    "rocksdb.cur-size-all-mem-tables",
+					    &v) == 0)
+			mem += v;
+	return disk_avail(kv->dbdir, &avail) == 0 &&
+	       avail >= mem + open_slack();
+}
 
 void kv_close(struct kv *kv)
 {
 	if (!kv)
 		return;
 	/* Not after a failed write or WAL sync: flushing switches the WAL,
-	 * and RocksDB 7.8 asserts on a WAL writer that holds an error. */
-	if (!kv->readonly && !atomic_load(&kv->poisoned) && !wal_err_get(kv)) {
+	 * and RocksDB 7.8 asserts on a WAL writer that holds an error.  Not
+	 * without room for it either (see close_flush_room). */
+	if (!kv->readonly && !atomic_load(&kv->poisoned) && !wal_err_get(kv) &&
+	    close_flush_room(kv)) {
 		rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
 
 		rocksdb_flushoptions_set_wait(fo, 1);
@@ -391,21 +420,44 @@ void kv_close(struct kv *kv)
 	free(kv);
 }
 
-/* Slack for the info LOG, MANIFEST, OPTIONS file and a new WAL. */
-#define KV_OPEN_SLACK (8 * KV_MIB)
+/*
+ * Room RocksDB takes when it opens a database for writing, besides table
+ * files for the WAL it replays: a new WAL, which it preallocates (fallocate)
+ * in blocks of 1.1 x the largest write buffer, and ext4 keeps what a
+ * fallocate that failed half-way got; the MANIFEST, preallocated 1 MiB
+ * (kv_options_init); the info LOG and an OPTIONS file; a margin.
+ */
+static uint64_t open_slack(void)
+{
+	size_t wb = 0;
+
+	for (int i = 0; i < KV_CF_COUNT; i++)
+		if (cf_tuning[i].write_buffer > wb)
+			wb = cf_tuning[i].write_buffer;
+	return wb + wb / 10 + KV_MIB + 4 * KV_MIB;
+}
+
+/* Free bytes on @path's filesystem for anyone: root cannot use all of
+ * f_bfree either (ext4 keeps clusters back even from root). */
+static int disk_avail(const char *path, uint64_t *avail)
+{
+	struct statvfs sv;
+
+	if (statvfs(path, &sv) < 0)
+		return -errno;
+	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	return 0;
+}
 
 int kv_open_room(const char *dbdir, uint64_t *need, uint64_t *avail)
 {
-	struct statvfs sv;
 	struct dirent *de;
 	DIR *d;
+	int ret = disk_avail(dbdir, avail);
 
-	if (statvfs(dbdir, &sv) < 0)
-		return -errno;
-	/* root may write into the blocks a filesystem keeps for root */
-	*avail = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) *
-		 sv.f_frsize;
-	*need = KV_OPEN_SLACK;
+	if (ret < 0)
+		return ret;
+	*need = open_slack();
 	d = opendir(dbdir);
 	if (!d)
 		return -errno;

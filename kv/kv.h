@@ -53,17 +53,19 @@ int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out);
 
 /* Close the database (NULL is allowed).  Everything committed is in the
  * WAL; kv_close() does not sync it: call kv_sync() first for durability.
- * A writable database has its memtables flushed first (errors are only
- * logged), so that the next open has no WAL to replay: opening then needs
- * no room on disk for new table files (kv_open_room). */
+ * A writable database has its memtables flushed first when the disk has
+ * room for that (errors are only logged), so that the next open has no
+ * WAL to replay: opening then needs no room for new table files
+ * (kv_open_room). */
 void kv_close(struct kv *kv);
 
 /*
  * Room opening @dbdir for writing needs on its filesystem: RocksDB replays
  * the WAL into new table files (about the WAL's size) and writes a new
- * info LOG, MANIFEST, OPTIONS file and WAL.  Without that room RocksDB 7.8
- * aborts the process (an assertion once its info LOG cannot be written),
- * so callers check first.  *need and *avail in bytes; 0 or -errno.
+ * info LOG, MANIFEST, OPTIONS file and a preallocated WAL (~41 MiB in all:
+ * open_slack in kv.c).  Without that room RocksDB 7.8 aborts the process
+ * (an assertion once its info LOG cannot be written), so callers check
+ * first.  *need and *avail (f_bavail) in bytes; 0 or -errno.
  */
 int kv_open_room(const char *dbdir, uint64_t *need, uint64_t *avail);
 

@@ -66,6 +66,14 @@ enum snap_open_flags {
 	 * snap_prune / snap_gc / snap_close (deterministic tests, one-shot
 	 * commands) */
 	SNAP_OPEN_NO_BACKGROUND = 1 << 2,
+	/* with SNAP_OPEN_READONLY: hold the store lock shared (-EBUSY while
+	 * a mount or a writing command holds it), so that no writer changes
+	 * the files under the reader */
+	SNAP_OPEN_LOCK_SHARED = 1 << 3,
+	/* opening for writing on a disk without the room it needs may give
+	 * up the disk-full reserve (snap_open_room): for the commands that
+	 * give space back (branch/snapshot delete, gc) */
+	SNAP_OPEN_USE_RESERVE = 1 << 4,
 };
 
 /* ---- stores ---------------------------------------------------------- */
@@ -128,8 +136,9 @@ int snap_compact(struct snap *s);
 bool snap_reserve_release(struct snap *s, const char *why);
 void snap_reserve_take(struct snap *s);
 /* Room opening the store at @path for writing needs on its disk, and the
- * room there is (kv_open_room); 0 or -errno.  snap_open() for writing
- * gives up the reserve when that makes the room, else fails -ENOSPC. */
+ * room there is (kv_open_room); 0 or -errno.  Without that room,
+ * snap_open() for writing fails -ENOSPC, unless SNAP_OPEN_USE_RESERVE and
+ * giving up the reserve makes the room. */
 int snap_open_room(const char *path, uint64_t *need, uint64_t *avail);
 /* Less than 4 x SNAP_RESERVE_BYTES free on the store's filesystem. */
 bool snap_disk_low(struct snap *s);

@@ -558,11 +558,12 @@ int snap_open_room(const char *path, uint64_t *need, uint64_t *avail)
 
 /*
  * Opening for writing needs the room kv_open_room() names.  On a disk too
- * full for it, the disk-full reserve is given up: it exists for this (a
- * branch delete on a full disk begins with an open).  Still too full:
- * -ENOSPC, rather than RocksDB aborting the process.
+ * full for it, a command that gives space back (@use_reserve) gives up the
+ * disk-full reserve: it exists for this (a branch delete on a full disk
+ * begins with an open).  Still too full, or another command: -ENOSPC,
+ * rather than RocksDB aborting the process.
  */
-static int open_room(struct snap *s)
+static int open_room(struct snap *s, bool use_reserve)
 {
 	char *rp = path_join(s->path, "reserve");
 	uint64_t need, avail, reserve = 0;
@@ -574,7 +575,7 @@ static int open_room(struct snap *s)
 	free(rp);
 	if (ret < 0 || avail >= need)
 		return 0; /* cannot tell: let RocksDB try */
-	if (avail + reserve >= need &&
+	if (use_reserve && avail + reserve >= need &&
 	    snap_reserve_release(s, "opening the store needs room on a full "
 				    "disk"))
 		ret = snap_open_room(s->path, &need, &avail);
@@ -587,18 +588,18 @@ static int open_room(struct snap *s)
 	return -ENOSPC;
 }
 
-static int lock_store(const char *path, int *fdp)
+static int lock_store(const char *path, bool shared, int *fdp)
 {
 	char *lp = path_join(path, "lock");
 	int fd;
 
 	if (!lp)
 		return -ENOMEM;
-	fd = open(lp, O_RDWR | O_CLOEXEC);
+	fd = open(lp, (shared ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	free(lp);
 	if (fd < 0)
 		return errno == ENOENT ? -ENOENT : -errno;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+	if (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
 		int err = errno;
 
 		close(fd);
@@ -1048,13 +1049,15 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		ret = -EINVAL; /* not a store */
 		goto out_free;
 	}
-	if (!s->readonly) {
-		ret = lock_store(s->path, &s->lock_fd);
+	if (!s->readonly || (flags & SNAP_OPEN_LOCK_SHARED)) {
+		ret = lock_store(s->path, s->readonly, &s->lock_fd);
 		if (ret == -ENOENT)
 			ret = -EINVAL;
 		if (ret < 0)
 			goto out_free;
-		ret = open_room(s);
+	}
+	if (!s->readonly) {
+		ret = open_room(s, flags & SNAP_OPEN_USE_RESERVE);
 		if (ret < 0)
 			goto out_free;
 	}

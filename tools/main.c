@@ -124,25 +124,36 @@ static const char *open_error(int err)
 	}
 }
 
+static bool word_in(const char *w, const char *const *set, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(w, set[i]))
+			return true;
+	return false;
+}
+
 /*
  * How to open @store for request @words offline: for writing, unless the
  * request only reads and the disk has not the room opening for writing
- * needs (snap_open_room): then read-only, which writes nothing, and the
- * disk-full reserve stays for the deletes that need it.
+ * needs (snap_open_room): then read-only under a shared lock, which
+ * writes nothing.  Only the requests that give space back may spend the
+ * disk-full reserve to open the store.
  */
 static unsigned open_flags(const char *store, int n, const char **words)
 {
 	static const char *const reads[] = { "branch-list", "snapshot-list",
 					     "du", "stats" };
+	static const char *const frees[] = { "branch-delete",
+					     "snapshot-delete", "gc" };
 	uint64_t need, avail;
 
-	for (size_t i = 0; n > 0 && i < sizeof(reads) / sizeof(reads[0]); i++) {
-		if (strcmp(words[0], reads[i]))
-			continue;
-		if (snap_open_room(store, &need, &avail) == 0 && avail < need)
-			return SNAP_OPEN_READONLY;
-		break;
-	}
+	if (n < 1)
+		return 0;
+	if (word_in(words[0], frees, sizeof(frees) / sizeof(frees[0])))
+		return SNAP_OPEN_USE_RESERVE;
+	if (word_in(words[0], reads, sizeof(reads) / sizeof(reads[0])) &&
+	    snap_open_room(store, &need, &avail) == 0 && avail < need)
+		return SNAP_OPEN_READONLY | SNAP_OPEN_LOCK_SHARED;
 	return 0;
 }
 
@@ -421,9 +432,11 @@ static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 			snprintf(store, size, "%s", src + 9);
 		else
 			store[0] = 0;
-		if (owner) {
-			const char *u = strstr(dash, ",user_id=");
+		if (owner) { /* in the super options, after the source */
+			const char *so = strchr(dash + 3, ' ');
+			const char *u = so ? strchr(so + 1, ' ') : NULL;
 
+			u = u ? strstr(u, ",user_id=") : NULL;
 			*owner = u ? strtol(u + 9, NULL, 10) : -1;
 		}
 		found = 1;
@@ -1268,14 +1281,15 @@ static int cmd_check(int argc, char **argv)
 	if (o.json)
 		printf("{\"problems\": [");
 	/* On a disk without room to open for writing, a check that repairs
-	 * nothing opens read-only (and leaves the disk-full reserve alone);
-	 * that takes no lock, so a mounted store is refused here. */
-	{
+	 * nothing opens read-only, under a shared lock; a repair may spend the
+	 * disk-full reserve, as deletes do. */
+	if (flags & SNAP_CHECK_REPAIR) {
+		oflags |= SNAP_OPEN_USE_RESERVE;
+	} else {
 		uint64_t need, avail;
 
-		if (!(flags & SNAP_CHECK_REPAIR) && !ctl_serving(store) &&
-		    snap_open_room(store, &need, &avail) == 0 && avail < need)
-			oflags |= SNAP_OPEN_READONLY;
+		if (snap_open_room(store, &need, &avail) == 0 && avail < need)
+			oflags |= SNAP_OPEN_READONLY | SNAP_OPEN_LOCK_SHARED;
 	}
 	/* Another offline command holds the store for a moment: wait for it,
 	 * as the other commands do; a mounted store is refused at once. */

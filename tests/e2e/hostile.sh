@@ -43,8 +43,9 @@ json() {
 names() {
 	local j
 	j=$(json "$1" list)
-	# every name a JSON string, whatever it looks like
-	! grep -qE '"(name|parent|snapshot)": [^"]' <<<"$j" || bfs_fail "$1 list --json: a name is not a string: $j"
+	# every name a JSON string, whatever it looks like (null: none)
+	! grep -qE '"name": [^"]|"(parent|snapshot|reset_to|branch)": [^"n]|"(parent|snapshot|reset_to|branch)": n[^u]' <<<"$j" ||
+		bfs_fail "$1 list --json: a name is not a string: $j"
 	perl -MJSON::PP -e '
 		for (@{ JSON::PP->new->utf8->decode(do { local $/; <STDIN> }) }) {
 			utf8::encode(my $n = $_->{name}); print unpack("H*", $n), "\n" }' <<<"$j"
