@@ -180,6 +180,8 @@ static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 		rocksdb_options_set_max_write_buffer_number(o, 2);
 		rocksdb_options_set_compression(o, t->compression);
 		rocksdb_options_set_level_compaction_dynamic_level_bytes(o, 1);
+		if (flags & KV_NO_AUTO_COMPACT)
+			rocksdb_options_set_disable_auto_compactions(o, 1);
 		if (t->mem_bloom > 0) {
 			rocksdb_options_set_memtable_prefix_bloom_size_ratio(
 				o, t->mem_bloom);
@@ -364,9 +366,11 @@ static int disk_avail(const char *path, uint64_t *avail);
 /*
  * Whether flushing the memtables at close has room: their size in new
  * table files plus what a new WAL takes (open_slack), and RocksDB does not
- * stop writes (a flush would wait for it without end).  RocksDB 7.8 aborts
- * the process when its info LOG cannot be written, so a flush on a full
- * disk is not tried: the WAL keeps the data, the next open replays it.
+ * stop writes (a flush would wait for that; a flush that would only slow
+ * writes down waits too, until a compaction ends or fails: the C API
+ * cannot set allow_write_stall).  RocksDB 7.8 aborts the process when its
+ * info LOG cannot be written, so a flush on a full disk is not tried: the
+ * WAL keeps the data, the next open replays it.
  */
 static bool close_flush_room(struct kv *kv)
 {

@@ -36,6 +36,10 @@ enum kv_cf {
 enum kv_open_flags {
 	KV_CREATE = 1 << 0,   /* create a new database; fail if one exists */
 	KV_READONLY = 1 << 1, /* open read-only (no lock on the database) */
+	/* no automatic compactions, for a one-shot command on a nearly full
+	 * disk: each preallocates its output (up to ~70 MiB), which could
+	 * take the room the command needs (kv_open_room) */
+	KV_NO_AUTO_COMPACT = 1 << 2,
 };
 
 /* Log a line (with a timestamp and "branchfs: " prefix) to stderr. */
@@ -62,7 +66,7 @@ void kv_close(struct kv *kv);
 /*
  * Room opening @dbdir for writing needs on its filesystem: RocksDB replays
  * the WAL into new table files (about the WAL's size) and writes a new
- * info LOG, MANIFEST, OPTIONS file and a preallocated WAL (~41 MiB in all:
+ * info LOG, MANIFEST, OPTIONS file and a preallocated WAL (~40 MiB in all:
  * open_slack in kv.c).  Without that room RocksDB 7.8 aborts the process
  * (an assertion once its info LOG cannot be written), so callers check
  * first.  *need and *avail (f_bavail) in bytes; 0 or -errno.

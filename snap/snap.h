@@ -56,7 +56,9 @@ enum snap_set {
 };
 
 enum snap_open_flags {
-	SNAP_OPEN_READONLY = 1 << 0, /* no lock, no writes (stats on a live store) */
+	/* no writes; no lock unless SNAP_OPEN_LOCK_SHARED (stats on a live
+	 * store) */
+	SNAP_OPEN_READONLY = 1 << 0,
 	/* For snap_check (snap/check.h): takes the lock but changes nothing at
 	 * open or close (no orphan purge, pruning or GC), and opens a store
 	 * whose branch records or ancestry are damaged (those trees are left
@@ -87,7 +89,9 @@ int snap_store_init(const char *path, uint32_t uid, uint32_t gid);
 
 /*
  * Open the store at @path.  Unless SNAP_OPEN_READONLY, takes the store
- * lock: -EBUSY if another process holds it (a mount or another command),
+ * lock (shared with SNAP_OPEN_READONLY | SNAP_OPEN_LOCK_SHARED): -EBUSY if
+ * another process holds it (a mount or another command), -ENOSPC without
+ * the room to open for writing (snap_open_room),
  * -ENOENT / -EINVAL if @path is not a store, -EPROTONOSUPPORT for an
  * unknown format.  Purges orphaned inodes left by a crash.  On success *out
  * is owned by the caller until snap_close().

@@ -561,7 +561,9 @@ int snap_open_room(const char *path, uint64_t *need, uint64_t *avail)
  * full for it, a command that gives space back (@use_reserve) gives up the
  * disk-full reserve: it exists for this (a branch delete on a full disk
  * begins with an open).  Still too full, or another command: -ENOSPC,
- * rather than RocksDB aborting the process.
+ * rather than RocksDB aborting the process.  1: such a command opens on a
+ * disk too full for a compaction besides (its output is preallocated, up
+ * to 1.1 x the 64 MiB target file size): open without automatic ones.
  */
 static int open_room(struct snap *s, bool use_reserve)
 {
@@ -573,14 +575,18 @@ static int open_room(struct snap *s, bool use_reserve)
 	if (rp && stat(rp, &st) == 0)
 		reserve = (uint64_t)st.st_blocks * 512;
 	free(rp);
-	if (ret < 0 || avail >= need)
+	if (ret < 0)
 		return 0; /* cannot tell: let RocksDB try */
+	if (avail >= need)
+		return use_reserve && avail < need + (72ull << 20);
 	if (use_reserve && avail + reserve >= need &&
 	    snap_reserve_release(s, "opening the store needs room on a full "
 				    "disk"))
 		ret = snap_open_room(s->path, &need, &avail);
-	if (ret < 0 || avail >= need)
+	if (ret < 0)
 		return 0;
+	if (avail >= need)
+		return use_reserve && avail < need + (72ull << 20);
 	kv_log("store %s: opening it needs about %llu MiB free on its disk, "
 	       "only %llu MiB are", s->path,
 	       (unsigned long long)((need + (1 << 20) - 1) >> 20),
@@ -1061,7 +1067,9 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		if (ret < 0)
 			goto out_free;
 	}
-	ret = kv_open(dbp, s->readonly ? KV_READONLY : 0, &s->kv);
+	ret = kv_open(dbp,
+		      s->readonly ? KV_READONLY : ret ? KV_NO_AUTO_COMPACT : 0,
+		      &s->kv);
 	if (ret < 0)
 		goto out_free;
 	ret = load_u64(s->kv, BFS_KEY_NEXT_INO, &s->next_ino);

@@ -316,6 +316,27 @@ static void test_open_busy(void **state)
 	env_reopen(e);
 	assert_int_equal(lk(e, SNAP_ROOT_INO, "f"), f);
 	assert_int_equal(snap_open(e->store, 0, &s2), -EBUSY);
+
+	/* Read-only under the shared lock (the CLI on a full disk): not
+	 * beside a writer, either way round; readers share it. */
+	ro = NULL;
+	assert_int_equal(snap_open(e->store, SNAP_OPEN_READONLY |
+					     SNAP_OPEN_LOCK_SHARED, &ro),
+			 -EBUSY);
+	assert_null(ro);
+	env_close(e);
+	assert_int_equal(snap_open(e->store, SNAP_OPEN_READONLY |
+					     SNAP_OPEN_LOCK_SHARED, &ro), 0);
+	assert_int_equal(snap_open(e->store, SNAP_OPEN_READONLY |
+					     SNAP_OPEN_LOCK_SHARED, &s2), 0);
+	assert_int_equal(snap_stats(s2, &st), 0);
+	assert_int_equal(st.branches, 1);
+	snap_close(s2);
+	s2 = NULL;
+	assert_int_equal(snap_open(e->store, 0, &s2), -EBUSY);
+	assert_null(s2);
+	snap_close(ro);
+	env_open(e); /* the lock was released */
 }
 
 /* ---- create / lookup / getattr ------------------------------------------ */
