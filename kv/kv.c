@@ -453,6 +453,12 @@ static int disk_avail(const char *path, uint64_t *avail)
 	return 0;
 }
 
+int kv_create_room(const char *dir, uint64_t *need, uint64_t *avail)
+{
+	*need = open_slack();
+	return disk_avail(dir, avail);
+}
+
 int kv_open_room(const char *dbdir, uint64_t *need, uint64_t *avail)
 {
 	struct dirent *de;

@@ -72,6 +72,8 @@ void kv_close(struct kv *kv);
  * first.  *need and *avail (f_bavail) in bytes; 0 or -errno.
  */
 int kv_open_room(const char *dbdir, uint64_t *need, uint64_t *avail);
+/* The same for creating a database on the filesystem of directory @dir. */
+int kv_create_room(const char *dir, uint64_t *need, uint64_t *avail);
 
 /* ---- point reads ---------------------------------------------------- */
 

@@ -668,6 +668,47 @@ static int fsync_parent(const char *path)
 	return ret;
 }
 
+/* RocksDB aborts the process on a disk without room for the files of a
+ * new database (kv_create_room): -ENOSPC first, with nothing made. */
+static int init_room(const char *path)
+{
+	char *copy = strdup(path), *slash;
+	const char *dir = path;
+	uint64_t need, avail;
+	struct stat st;
+	int ret;
+
+	if (!copy)
+		return -ENOMEM;
+	if (stat(path, &st) < 0) { /* to be made: its parent's filesystem */
+		slash = strrchr(copy, '/');
+		while (slash && slash > copy && slash[1] == 0) {
+			*slash = 0;
+			slash = strrchr(copy, '/');
+		}
+		if (!slash)
+			dir = ".";
+		else if (slash == copy)
+			dir = "/";
+		else {
+			*slash = 0;
+			dir = copy;
+		}
+	}
+	ret = kv_create_room(dir, &need, &avail);
+	if (ret == 0 && avail < need) {
+		kv_log("a new store needs about %llu MiB free on its disk, "
+		       "only %llu MiB are",
+		       (unsigned long long)((need + (1 << 20) - 1) >> 20),
+		       (unsigned long long)(avail >> 20));
+		ret = -ENOSPC;
+	} else {
+		ret = 0; /* cannot tell: let RocksDB try */
+	}
+	free(copy);
+	return ret;
+}
+
 int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
 {
 	struct snap_branch main_br = { .id = SNAP_MAIN_ID, .epoch = 1 };
@@ -693,12 +734,16 @@ int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
 			return ret;
 		if (!ret)
 			return -ENOTEMPTY;
-	} else if (errno == ENOENT) {
+	}
+	ret = init_room(path);
+	if (ret < 0)
+		return ret;
+	if (stat(path, &st) < 0) {
+		if (errno != ENOENT)
+			return -errno;
 		if (mkdir(path, 0700) < 0)
 			return -errno;
 		made_dir = true;
-	} else {
-		return -errno;
 	}
 
 	ret = -ENOMEM;

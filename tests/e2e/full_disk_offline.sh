@@ -11,7 +11,8 @@
 #   - a create does not spend the reserve: it fails with a clear message;
 #   - `branch delete` works: it gives up the reserve to open the store;
 #   - with no reserve left, writing commands and `mount` fail with a clear
-#     message and exit 1, never an abort; `check --repair` exits 2;
+#     message and exit 1, never an abort; `check --repair` exits 2; `init`
+#     of a new store there fails the same way and leaves nothing behind;
 #   - the store's data is intact afterwards: once there is room, it mounts,
 #     main reads back byte for byte, and `branchfs check` is clean;
 #   - after an unclean stop (kill -9 leaves ~10 MiB of RocksDB WAL to
@@ -87,6 +88,9 @@ bfs_expect_fail 1 "$BRANCHFS" mount "$STORE" "$MNT"
 grep -q "too full to open it" <<<"$BFS_ERR" || bfs_fail "mount on a full disk: $BFS_ERR"
 ! bfs_is_mounted "$MNT" || bfs_fail "a failed mount left $MNT mounted"
 bfs_expect_fail 2 "$BRANCHFS" check --repair "$STORE"
+bfs_expect_fail 1 "$BRANCHFS" init "$FS/new"
+grep -q "No space left on device" <<<"$BFS_ERR" || bfs_fail "init on a full disk: $BFS_ERR"
+[ ! -e "$FS/new" ] || bfs_fail "init on a full disk left $FS/new behind"
 "$BRANCHFS" branch list | grep -q '^main ' || bfs_fail "branch list with no reserve left"
 
 bfs_step "with room again, the store mounts and main is intact"
