@@ -164,6 +164,21 @@ static bool tree_busy(struct snap *s, uint32_t id)
 	return t && atomic_load(&t->refs) > 1;
 }
 
+/*
+ * Before a delete or rename of branch @br (tree_lock W held): -EBUSY while
+ * its files are open, unless @force (a postgres on it would find its files
+ * gone); else the records it continues after resets (predecessors()), in
+ * *@prev for the caller to free, or -ENOMEM.
+ */
+static int busy_or_line(struct snap *s, struct snap_branch *br, bool force,
+			struct snap_branch ***prev, size_t *n)
+{
+	if (!force && tree_busy(s, br->id))
+		return -EBUSY;
+	*prev = predecessors(s, br, n);
+	return *prev ? 0 : -ENOMEM;
+}
+
 static int table_add(struct snap *s, struct snap_branch *br)
 {
 	struct snap_branch **nb;
@@ -424,15 +439,9 @@ int snap_branch_delete(struct snap *s, const char *name, bool force)
 		ret = br ? -EISDIR : -ENOENT;
 		goto out;
 	}
-	if (!force && tree_busy(s, br->id)) {
-		ret = -EBUSY;
+	ret = busy_or_line(s, br, force, &prev, &nprev);
+	if (ret < 0)
 		goto out;
-	}
-	prev = predecessors(s, br, &nprev);
-	if (!prev) {
-		ret = -ENOMEM;
-		goto out;
-	}
 	b = kv_batch_new();
 	/* its line ends here: the records it continued are nobody's now */
 	for (size_t i = 0; i < nprev; i++) {
@@ -595,18 +604,12 @@ int snap_branch_rename(struct snap *s, const char *oldname, const char *newname,
 	ret = check_new_name(s, newname);
 	if (ret < 0)
 		goto out;
-	/* a postgres on it would find its files gone (its paths change) */
-	if (!force && tree_busy(s, br->id)) {
-		ret = -EBUSY;
+	/* its paths change; the records it continues after resets take the
+	 * name too, so that their snapshots and branches still name it as
+	 * their parent */
+	ret = busy_or_line(s, br, force, &prev, &nprev);
+	if (ret < 0)
 		goto out;
-	}
-	/* the records it continues after resets take the name too, so that
-	 * their snapshots and branches still name it as their parent */
-	prev = predecessors(s, br, &nprev);
-	if (!prev) {
-		ret = -ENOMEM;
-		goto out;
-	}
 	memcpy(saved, br->name, sizeof(saved));
 	prev[nprev++] = br;
 	b = kv_batch_new();
