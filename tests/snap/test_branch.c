@@ -738,6 +738,18 @@ static uint32_t cmd_create(struct env *e, const char *cmd, const char *a,
 	return id;
 }
 
+/* The reply of listing @cmd (branch-list, snapshot-list, du), which must
+ * succeed; the caller frees it. */
+static char *listing(struct env *e, const char *cmd)
+{
+	char *r;
+	int ret = CMD(e, &r, cmd);
+
+	if (ret != 0)
+		fail_msg("%s: %d %s", cmd, ret, r ? r : "");
+	return r;
+}
+
 /* ==== versioned reads at every epoch ===================================== */
 
 #define ROUNDS 10
@@ -3579,8 +3591,7 @@ static void test_command(void **state)
 		"branch-create", n201);
 
 	/* lists */
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_int_equal(count_lines(r), 3);
 	assert_true(strncmp(r, "name=b1\t", 8) == 0); /* sorted by name */
 	snprintf(buf, sizeof(buf), "%u", b1);
@@ -3603,8 +3614,7 @@ static void test_command(void **state)
 	assert_field(r, "name=b2", "exclusive_bytes", "0");
 	free(r);
 
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_int_equal(count_lines(r), 1);
 	snprintf(buf, sizeof(buf), "%u", s1);
 	assert_field(r, "name=s1", "id", buf);
@@ -3615,8 +3625,7 @@ static void test_command(void **state)
 	free(r);
 
 	/* du: one line per branch and snapshot, then the total */
-	ret = CMD(e, &r, "du");
-	assert_int_equal(ret, 0);
+	r = listing(e, "du");
 	assert_int_equal(count_lines(r), 5);
 	assert_field(r, "kind=branch", "name", "b1"); /* first line */
 	snprintf(buf, sizeof(buf), "%llu",
@@ -3706,8 +3715,7 @@ static void test_command(void **state)
 	CMD_OK(e, "branch-rename", "s1", "s1x");
 	assert_true(info_of(e, "s1x").is_snapshot);
 	/* a reset --to the snapshot it was made from is a plain reset */
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=b3", "reset_to", "-");
 	assert_field(r, "name=b3", "snapshot", "s1x");
 	free(r);
@@ -3717,25 +3725,21 @@ static void test_command(void **state)
 	cmd_create(e, "branch-create", "c", "p");
 	cmd_create(e, "snapshot-create", "p", "ps");
 	CMD_OK(e, "branch-delete", "p");
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=c", "parent", "(deleted)");
 	assert_int_equal(field(r, "name=p", "id") == NULL, 1);
 	free(r);
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=ps", "branch", "(deleted)");
 	assert_field(r, "name=s1x", "branch", "main");
 	free(r);
 	/* ... also once a new branch takes the name */
 	cmd_create(e, "branch-create", "p", "b3");
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=c", "parent", "(deleted)");
 	assert_field(r, "name=p", "parent", "b3");
 	free(r);
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=ps", "branch", "(deleted)");
 	free(r);
 	/* a reset branch is still the parent of what was made from it
@@ -3749,8 +3753,7 @@ static void test_command(void **state)
 	ret = CMD(e, &r, "branch-reset", "q");
 	assert_int_equal(ret, 0);
 	free(r);
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=qc", "parent", "q");
 	assert_field(r, "name=q", "reset_to", "-");
 	free(r);
@@ -3758,26 +3761,22 @@ static void test_command(void **state)
 	ret = CMD(e, &r, "branch-reset", "q", "qs");
 	assert_int_equal(ret, 0);
 	free(r);
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=q", "reset_to", "qs");
 	assert_field(r, "name=q", "parent", "main");
 	assert_field(r, "name=qc", "parent", "q");
 	free(r);
 	CMD_OK(e, "branch-rename", "q", "q2");
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=qc", "parent", "q2");
 	assert_field(r, "name=q2", "reset_to", "qs");
 	free(r);
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=qs", "branch", "q2");
 	free(r);
 	/* ... and survives a reopen (the renamed records are durable) */
 	env_reopen(e);
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_field(r, "name=qc", "parent", "q2");
 	free(r);
 	CMD_OK(e, "branch-delete", "p");
@@ -3793,21 +3792,18 @@ static void test_command(void **state)
 	assert_int_equal(ret, 0);
 	free(r);
 	cmd_create(e, "snapshot-create", "x", "xs2");
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=xs", "branch", "x");
 	assert_field(r, "name=xs2", "branch", "x");
 	free(r);
 	CMD_OK(e, "branch-delete", "x");
 	cmd_create(e, "branch-create", "x", "S");
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=xs", "branch", "(deleted)");
 	assert_field(r, "name=xs2", "branch", "(deleted)");
 	free(r);
 	env_reopen(e);
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_field(r, "name=xs", "branch", "(deleted)");
 	free(r);
 	CMD_OK(e, "branch-delete", "x");
@@ -3830,16 +3826,13 @@ static void test_command(void **state)
 	CMD_OK(e, "branch-delete", "c");
 	CMD_OK(e, "branch-delete", "b3");
 	CMD_OK(e, "gc");
-	ret = CMD(e, &r, "snapshot-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "snapshot-list");
 	assert_string_equal(r, "");
 	free(r);
-	ret = CMD(e, &r, "branch-list");
-	assert_int_equal(ret, 0);
+	r = listing(e, "branch-list");
 	assert_int_equal(count_lines(r), 1);
 	free(r);
-	ret = CMD(e, &r, "du");
-	assert_int_equal(ret, 0);
+	r = listing(e, "du");
 	assert_int_equal(count_lines(r), 2);
 	assert_field(r, "kind=branch", "name", "main");
 	v = strstr(r, "kind=total");
