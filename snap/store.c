@@ -645,25 +645,37 @@ static int fsync_dir(const char *path)
 	return ret;
 }
 
+/* The directory that holds @path's entry, malloc()ed ("store/" names the
+ * same entry as "store"); NULL if out of memory. */
+static char *parent_dir(const char *path)
+{
+	char *p = strdup(path), *slash;
+
+	if (!p)
+		return NULL;
+	while ((slash = strrchr(p, '/')) && slash[1] == '\0' && slash != p)
+		*slash = '\0';
+	slash = strrchr(p, '/');
+	if (!slash) {
+		free(p);
+		return strdup(".");
+	}
+	if (slash == p)
+		slash[1] = '\0'; /* "/x": the root */
+	else
+		*slash = '\0';
+	return p;
+}
+
 /* fsync the directory that holds @path's entry */
 static int fsync_parent(const char *path)
 {
-	char *p = strdup(path), *slash;
+	char *p = parent_dir(path);
 	int ret;
 
 	if (!p)
 		return -ENOMEM;
-	while ((slash = strrchr(p, '/')) && slash[1] == '\0' && slash != p)
-		*slash = '\0'; /* "store/" names the same entry as "store" */
-	slash = strrchr(p, '/');
-	if (!slash)
-		ret = fsync_dir(".");
-	else if (slash == p)
-		ret = fsync_dir("/");
-	else {
-		*slash = '\0';
-		ret = fsync_dir(p);
-	}
+	ret = fsync_dir(p);
 	free(p);
 	return ret;
 }
@@ -672,41 +684,22 @@ static int fsync_parent(const char *path)
  * new database (kv_create_room): -ENOSPC first, with nothing made. */
 static int init_room(const char *path)
 {
-	char *copy = strdup(path), *slash;
-	const char *dir = path;
 	uint64_t need, avail;
 	struct stat st;
+	char *parent = NULL;
 	int ret;
 
-	if (!copy)
+	/* a store to be made: its parent's filesystem */
+	if (stat(path, &st) < 0 && !(parent = parent_dir(path)))
 		return -ENOMEM;
-	if (stat(path, &st) < 0) { /* to be made: its parent's filesystem */
-		slash = strrchr(copy, '/');
-		while (slash && slash > copy && slash[1] == 0) {
-			*slash = 0;
-			slash = strrchr(copy, '/');
-		}
-		if (!slash)
-			dir = ".";
-		else if (slash == copy)
-			dir = "/";
-		else {
-			*slash = 0;
-			dir = copy;
-		}
-	}
-	ret = kv_create_room(dir, &need, &avail);
-	if (ret == 0 && avail < need) {
-		kv_log("a new store needs about %llu MiB free on its disk, "
-		       "only %llu MiB are",
-		       (unsigned long long)((need + (1 << 20) - 1) >> 20),
-		       (unsigned long long)(avail >> 20));
-		ret = -ENOSPC;
-	} else {
-		ret = 0; /* cannot tell: let RocksDB try */
-	}
-	free(copy);
-	return ret;
+	ret = kv_create_room(parent ? parent : path, &need, &avail);
+	free(parent);
+	if (ret < 0 || avail >= need)
+		return 0; /* room, or cannot tell: let RocksDB try */
+	kv_log("a new store needs about %llu MiB free on its disk, only %llu "
+	       "MiB are", (unsigned long long)((need + (1 << 20) - 1) >> 20),
+	       (unsigned long long)(avail >> 20));
+	return -ENOSPC;
 }
 
 int snap_store_init(const char *path, uint32_t uid, uint32_t gid)
