@@ -567,24 +567,23 @@ int snap_open_room(const char *path, uint64_t *need, uint64_t *avail)
  */
 static int open_room(struct snap *s, bool use_reserve)
 {
-	char *rp = path_join(s->path, "reserve");
 	uint64_t need, avail, reserve = 0;
-	struct stat st;
 	int ret = snap_open_room(s->path, &need, &avail);
 
-	if (rp && stat(rp, &st) == 0)
-		reserve = (uint64_t)st.st_blocks * 512;
-	free(rp);
+	if (ret == 0 && avail < need && use_reserve) {
+		char *rp = path_join(s->path, "reserve");
+		struct stat st;
+
+		if (rp && stat(rp, &st) == 0)
+			reserve = (uint64_t)st.st_blocks * 512;
+		free(rp);
+		if (avail + reserve >= need &&
+		    snap_reserve_release(s, "opening the store needs room on "
+					    "a full disk"))
+			ret = snap_open_room(s->path, &need, &avail);
+	}
 	if (ret < 0)
 		return 0; /* cannot tell: let RocksDB try */
-	if (avail >= need)
-		return use_reserve && avail < need + (72ull << 20);
-	if (use_reserve && avail + reserve >= need &&
-	    snap_reserve_release(s, "opening the store needs room on a full "
-				    "disk"))
-		ret = snap_open_room(s->path, &need, &avail);
-	if (ret < 0)
-		return 0;
 	if (avail >= need)
 		return use_reserve && avail < need + (72ull << 20);
 	kv_log("store %s: opening it needs about %llu MiB free on its disk, "
