@@ -150,6 +150,30 @@ static void kv_options_destroy(struct kv *kv)
 	kv->cache = NULL;
 }
 
+/*
+ * RocksDB's own info LOG (STORE/db/LOG) gets its header (version, options)
+ * at open and, at run time, only FATAL lines.  RocksDB 7.8 aborts the
+ * process on the second line it tries to write to a LOG that a full disk
+ * made fail once (an assertion in WritableFileWriter::Append), and a full
+ * disk makes it log at once (the background error, its recovery): a store
+ * whose disk filled up, from outside or through the mount, killed the
+ * daemon mid-write or at umount.  What it would have logged at run time
+ * (flushes, compactions, their errors) is not needed to serve or recover a
+ * store; errors that reach branchfs go to branchfs.log.  For debugging,
+ * BRANCHFS_ROCKSDB_LOG=info (or warn, error) restores more, at the price of
+ * that abort on a full disk.
+ */
+static int kv_info_log_level(void)
+{
+	static const char *const names[] = { "debug", "info", "warn", "error" };
+	const char *v = getenv("BRANCHFS_ROCKSDB_LOG");
+
+	for (int i = 0; v && i < (int)(sizeof(names) / sizeof(names[0])); i++)
+		if (strcmp(v, names[i]) == 0)
+			return i; /* rocksdb::InfoLogLevel: DEBUG 0 ... ERROR 3 */
+	return 4; /* FATAL */
+}
+
 static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 {
 	rocksdb_options_t *o;
@@ -170,6 +194,7 @@ static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 	rocksdb_options_set_max_log_file_size(o, 8 * KV_MIB);
 	/* (default 4 MiB) less to find on a full disk: kv_open_room */
 	rocksdb_options_set_manifest_preallocation_size(o, KV_MIB);
+	rocksdb_options_set_info_log_level(o, kv_info_log_level());
 
 	for (int i = 0; i < KV_CF_COUNT; i++) {
 		const struct cf_tuning *t = &cf_tuning[i];
@@ -368,9 +393,9 @@ static int disk_avail(const char *path, uint64_t *avail);
  * table files plus what a new WAL takes (open_slack), and RocksDB does not
  * stop writes (a flush would wait for that; a flush that would only slow
  * writes down waits too, until a compaction ends or fails: the C API
- * cannot set allow_write_stall).  RocksDB 7.8 aborts the process when its
- * info LOG cannot be written, so a flush on a full disk is not tried: the
- * WAL keeps the data, the next open replays it.
+ * cannot set allow_write_stall).  A flush on a full disk is not tried: it
+ * would fail (it used to abort the process, through the info LOG: see
+ * kv_info_log_level), and the WAL keeps the data for the next open.
  */
 static bool close_flush_room(struct kv *kv)
 {
