@@ -30,13 +30,18 @@ struct kv_fault {
 				      * thread token, else 0 */
 };
 
+/* Free space under which a WAL append may meet a full disk while a sync
+ * runs (kv.c: wal_sync): far more than background flushes and appends can
+ * take between the leader's look and its sync. */
+#define KV_WAL_LOW_ROOM ((uint64_t)256 << 20)
+
 /*
  * Group commit state, protected by kv->sync_lock.
  *
  *   committed  commits written to the WAL (atomic, bumped by kv_commit
  *              without the lock)
  *   synced     every commit numbered <= synced is durable
- *   syncing    a leader is inside rocksdb_flush_wal(); it will set
+ *   syncing    a leader is inside its WAL sync (kv_sync_to); it will set
  *              synced = sync_target when it succeeds
  *   sync_gen   number of syncs finished (success or failure); waiters
  *              sleep on sync_cond until it moves
@@ -50,6 +55,7 @@ struct kv {
 	rocksdb_cache_t *cache;
 	rocksdb_readoptions_t *ropts;
 	rocksdb_writeoptions_t *wopts;
+	rocksdb_writeoptions_t *wopts_sync; /* the WAL sync: kv_sync_to */
 	char *dbdir;
 	bool readonly;
 
@@ -59,7 +65,9 @@ struct kv {
 	 * succeeds again (RocksDB took it: it has recovered, on a new WAL).
 	 * Meanwhile the WAL writer may hold the error, and syncing it trips an
 	 * assertion in RocksDB 7.8 (fixed upstream in PR 12448): kv_sync()
-	 * returns this instead.  Kept as (generation << 32 | (uint32_t)-errno)
+	 * returns this instead (and, on a low disk, syncs through a write,
+	 * which RocksDB orders after the failed one and refuses: wal_sync).
+	 * Kept as (generation << 32 | (uint32_t)-errno)
 	 * so that a commit that raced with the failure (it started before and
 	 * succeeded) cannot clear it: only a commit that began after the
 	 * latest failure does (wal_err_clear). */
@@ -87,6 +95,9 @@ struct kv {
 	bool syncing;         /* protected by sync_lock */
 	int fail_err;         /* protected by sync_lock */
 	atomic_uint_fast64_t nsyncs; /* WAL fsyncs issued (tests) */
+	/* below this many free bytes, wal_sync() syncs through a write;
+	 * KV_WAL_LOW_ROOM, tests raise it */
+	uint64_t wal_low_room;
 
 	struct kv_fault fault;
 };

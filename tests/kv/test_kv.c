@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1148,6 +1150,61 @@ static void test_sync_after_wal_error(void **state)
 	atomic_store(&e->kv->wal_err, (gen + 1) << 32);
 }
 
+/*
+ * A commit whose WAL append really fails, on a WAL never synced, then a
+ * sync that has not heard of it (wal_err clear: a leader that checked just
+ * before the failing commit began).  The sync must fail, not abort the
+ * process: rocksdb_flush_wal(sync) aborted there (an assertion in RocksDB
+ * 7.8's WritableFileWriter::SyncWithoutFlush; a daemon died that way when
+ * its disk filled up under writers that fsync).  The failure: write(2)
+ * past RLIMIT_FSIZE is EFBIG (SIGXFSZ ignored), standing in for a full
+ * disk.  Afterwards the store
+ * reopens with what was committed before and without the torn batch.
+ */
+static void test_sync_after_failed_append(void **state)
+{
+	struct env *e = *state;
+	static uint8_t big[2 << 20];
+	struct kv_batch *b = kv_batch_new();
+	struct rlimit old, lim;
+	void (*oldsig)(int);
+	uint64_t gen;
+	void *v;
+	size_t vlen;
+	int ret;
+
+	kv_close(e->kv); /* a fresh WAL */
+	assert_int_equal(kv_open(e->db, 0, &e->kv), 0);
+	/* (the safe sync is taken on a low disk; here every disk is low) */
+	e->kv->wal_low_room = UINT64_MAX;
+	put(e->kv, KV_CF_META, "before", "1");
+	memset(big, 'b', sizeof(big));
+	kv_batch_put(b, KV_CF_META, "big", 3, big, sizeof(big));
+
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 1 << 20; /* the WAL is far below; the batch crosses */
+	oldsig = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	ret = kv_commit(e->kv, b);
+	assert_true(ret < 0);
+	gen = atomic_load(&e->kv->wal_err) >> 32;
+	assert_int_not_equal(atomic_load(&e->kv->wal_err) & 0xffffffffu, 0);
+	atomic_store(&e->kv->wal_err, (gen + 1) << 32); /* not heard of */
+	ret = kv_sync(e->kv);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, oldsig);
+	assert_true(ret < 0); /* "before" is not known durable */
+
+	kv_close(e->kv);
+	assert_int_equal(kv_open(e->db, 0, &e->kv), 0);
+	assert_int_equal(kv_get(e->kv, KV_CF_META, "before", 6, &v, &vlen), 0);
+	free(v);
+	assert_int_equal(kv_get(e->kv, KV_CF_META, "big", 3, &v, &vlen),
+			 -ENOENT);
+	kv_batch_free(b);
+}
+
 /* Iterator moves fail mid-scan; block lookups of kv_block_ref count. */
 static void test_fault_iter(void **state)
 {
@@ -1489,6 +1546,7 @@ int main(void)
 		T(test_fault_read),
 		T(test_fault_sync),
 		T(test_sync_after_wal_error),
+		T(test_sync_after_failed_append),
 		T(test_fault_iter),
 		T(test_fault_this_thread),
 		T(test_gc_concurrent),
