@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -97,6 +98,9 @@ static int kv_open_errno(const char *dbdir, char *err)
 /* ---- options ---------------------------------------------------------- */
 
 #define KV_MIB ((size_t)1 << 20)
+/* an open-file limit from which every table file stays open: ~16 TB of
+ * store at RocksDB's 32-64 MiB files (kv_max_open_files) */
+#define KV_NOFILE_UNLIMITED ((rlim_t)1 << 18)
 
 struct cf_tuning {
 	size_t write_buffer;
@@ -179,6 +183,23 @@ static int kv_info_log_level(void)
 	return 4; /* FATAL */
 }
 
+/*
+ * RocksDB's max_open_files: every table file stays open (-1) when the
+ * process may open that many; else half the limit (RocksDB closes the
+ * least recently used beyond it), the other half left to the WAL, the
+ * files being written by flushes and compactions, /dev/fuse, the control
+ * socket and its clients.  RocksDB raises anything below 20 to 20.
+ */
+static int kv_max_open_files(void)
+{
+	struct rlimit r;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) < 0 || r.rlim_cur == RLIM_INFINITY ||
+	    r.rlim_cur >= KV_NOFILE_UNLIMITED)
+		return -1;
+	return (int)(r.rlim_cur / 2);
+}
+
 static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 {
 	rocksdb_options_t *o;
@@ -200,6 +221,7 @@ static void kv_options_init(struct kv *kv, enum kv_open_flags flags)
 	/* (default 4 MiB) less to find on a full disk: kv_open_room */
 	rocksdb_options_set_manifest_preallocation_size(o, KV_MIB);
 	rocksdb_options_set_info_log_level(o, kv_info_log_level());
+	rocksdb_options_set_max_open_files(o, kv_max_open_files());
 
 	for (int i = 0; i < KV_CF_COUNT; i++) {
 		const struct cf_tuning *t = &cf_tuning[i];

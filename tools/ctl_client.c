@@ -23,6 +23,8 @@ static int io_full(int fd, void *buf, size_t n, bool wr)
 
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && !wr && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return -ETIMEDOUT; /* SO_RCVTIMEO */
 		if (r <= 0)
 			return -EPROTO;
 		done += (size_t)r;
@@ -68,10 +70,27 @@ bool ctl_serving(const char *store)
 	return true;
 }
 
+int ctl_timeout_s(void)
+{
+	const char *v = getenv("BRANCHFS_TIMEOUT");
+	char *end;
+	long t;
+
+	if (v && *v) {
+		errno = 0;
+		t = strtol(v, &end, 10);
+		if (!*end && !errno && t > 0 && t <= 86400)
+			return (int)t;
+	}
+	return 120;
+}
+
 int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
 {
 	/* gc compacts the whole database: as long as that takes */
-	struct timeval tv = { .tv_sec = argc > 0 && !strcmp(argv[0], "gc") ? 0 : 120 };
+	struct timeval tv = {
+		.tv_sec = argc > 0 && !strcmp(argv[0], "gc") ? 0 : ctl_timeout_s()
+	};
 	unsigned char hdr[8];
 	size_t n = 0, off = 4;
 	uint32_t len;
@@ -108,7 +127,7 @@ int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
 		ret = io_full(fd, hdr, 8, false);
 	if (ret < 0) {
 		close(fd);
-		return -EPROTO;
+		return ret == -ETIMEDOUT ? ret : -EPROTO;
 	}
 	status = (int)(((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
 		       ((uint32_t)hdr[2] << 8) | hdr[3]);
@@ -123,11 +142,11 @@ int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
 		close(fd);
 		return -ENOMEM;
 	}
-	if (len && io_full(fd, *reply, len, false) < 0) {
+	if (len && (ret = io_full(fd, *reply, len, false)) < 0) {
 		free(*reply);
 		*reply = NULL;
 		close(fd);
-		return -EPROTO;
+		return ret == -ETIMEDOUT ? ret : -EPROTO;
 	}
 	(*reply)[len] = 0;
 	close(fd);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -232,6 +233,16 @@ static int cmd_init(int argc, char **argv)
 static int find_mount(const char *mnt, char *store, size_t size,
 		      long *owner);
 
+/* Whether resolved path @p is @dir or below it. */
+static bool path_within(const char *p, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	if (n == 1) /* "/" */
+		return true;
+	return strncmp(p, dir, n) == 0 && (p[n] == '\0' || p[n] == '/');
+}
+
 static int cmd_mount(int argc, char **argv)
 {
 	struct fs_opts o = { .ready_fd = -1 };
@@ -291,6 +302,14 @@ static int cmd_mount(int argc, char **argv)
 				other);
 			return 1;
 		}
+	}
+	/* A mount over the store would hide its files from the daemon itself
+	 * (the next new RocksDB file would resolve into the mount: every
+	 * write EIO), and one inside it would shadow part of it. */
+	if (path_within(store, mnt) || path_within(mnt, store)) {
+		die_msg("cannot mount store %s on %s: the mountpoint must be "
+			"outside the store and not contain it", store, mnt);
+		return 1;
 	}
 	o.store = store;
 	o.mountpoint = mnt;
@@ -804,7 +823,17 @@ static int request(const char *store, int n, const char **words, char **reply)
 		die_msg("the daemon of %s refused the request", store);
 		return ret;
 	} else if (ret == -EPROTO) {
-		die_msg("no valid answer from the daemon of %s", store);
+		/* it closed the connection (unmounting, or it died) or sent
+		 * garbage: whether the request ran is unknown */
+		die_msg("no valid answer from the daemon of %s: the request "
+			"may or may not have taken effect (look with a listing)",
+			store);
+		return ret;
+	} else if (ret == -ETIMEDOUT && (!*reply || !**reply)) {
+		die_msg("the daemon of %s did not answer within %d s (stopped, "
+			"or busy with a long gc?): the request may still take "
+			"effect (look with a listing)",
+			store, ctl_timeout_s());
 		return ret;
 	}
 	return request_failed(ret, *reply);
@@ -1474,6 +1503,22 @@ static int cmd_help(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * RocksDB keeps every table file of a store open (kv.c: max_open_files,
+ * sized from this limit), one per ~32-64 MiB stored: a soft limit of 1,024
+ * would end in "Too many open files" (EIO until a remount) at ~40 GB.  The
+ * hard limit is ours to take.
+ */
+static void raise_nofile(void)
+{
+	struct rlimit r;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+		r.rlim_cur = r.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &r);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const struct cli_cmd *c;
@@ -1493,6 +1538,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
 	if (want_help(argc - 1, argv + 1))
 		ret = print_help(c->name);
 	else

@@ -14,6 +14,9 @@ void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Control-socket client: see fs/ctl_proto.h.  Returns the daemon's status
  * (0 or -errno) with *reply a malloc()ed text, or -ENOTCONN if no daemon
  * serves @store. */
+/* Seconds a request waits for the daemon's answer (gc: no limit), 120 or
+ * $BRANCHFS_TIMEOUT; then ctl_call() returns -ETIMEDOUT with no reply. */
+int ctl_timeout_s(void);
 int ctl_call(const char *store, int argc, const char *const *argv, char **reply);
 /* Whether a daemon serves @store: its control socket takes connections
  * (an error other than "nobody listens" counts as yes). */

@@ -84,6 +84,20 @@ bfs_expect_fail 1 "$BRANCHFS" mount "$S" "$BFS_WORK/afile"
 not_mounted "$BFS_WORK/afile"
 unchanged "$S" "$before"
 
+bfs_step "mount over the store, its parent or inside it"
+# (every new RocksDB file would resolve into the mount: writes all EIO)
+mkdir -p "$S/inside"
+for m in "$S" "$BFS_WORK" "$S/inside"; do
+	bfs_expect_fail 1 "$BRANCHFS" mount "$S" "$m"
+	prefixed
+	grep -q "mountpoint must be outside the store" <<<"$BFS_ERR" ||
+		bfs_fail "mount $S $m: $BFS_ERR"
+	not_mounted "$m"
+done
+rmdir "$S/inside"
+unchanged "$S" "$before"
+[ -z "$(bfs_daemon_pids "$S")" ] || bfs_fail "a daemon is left holding the store"
+
 bfs_step "mount with options FUSE does not know"
 bfs_expect_fail 1 "$BRANCHFS" mount "$S" "$M" -o no_such_fuse_option
 prefixed

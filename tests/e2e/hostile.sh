@@ -15,6 +15,9 @@
 #     prefix, a request of empty words, a client that sends nothing (5 s
 #     deadline), 200 connections at once: the daemon keeps serving and its
 #     open descriptors do not grow;
+#   - a stopped daemon (SIGSTOP): a CLI request gives up after
+#     $BRANCHFS_TIMEOUT seconds, says it may still take effect, and does
+#     once the daemon runs again;
 #   - writes into .snapshots itself (not a snapshot): create, mkdir, symlink,
 #     rename, unlink of a snapshot, rmdir, chmod, setxattr fail with EROFS.
 # Prints the number of bad inputs tried.
@@ -175,6 +178,22 @@ FD1=$(daemon_fds)
 bfs_log "daemon descriptors: $FD0 before, $FD1 after; $(($(date +%s) - t0)) s"
 [ "$FD1" -le "$FD0" ] || bfs_fail "the daemon leaks descriptors: $FD0 -> $FD1"
 [ "$(cat "$D/file")" = data ] || bfs_fail "the mount does not serve after the abuse"
+
+bfs_step "a stopped daemon: the CLI gives up after BRANCHFS_TIMEOUT, saying the request may still run"
+pid=$(bfs_daemon_pid "$STORE")
+kill -STOP "$pid"
+rc=0
+BRANCHFS_TIMEOUT=2 "$BRANCHFS" branch create stopped1 2>"$BFS_WORK/err" || rc=$?
+kill -CONT "$pid"
+[ $rc = 1 ] || bfs_fail "branch create to a stopped daemon: exit $rc, expected 1"
+grep -q "did not answer within 2 s.*may still take effect" "$BFS_WORK/err" ||
+	bfs_fail "branch create to a stopped daemon: $(cat "$BFS_WORK/err")"
+for _ in $(seq 50); do
+	"$BRANCHFS" branch list | grep -q '^stopped1 ' && break
+	sleep 0.1
+done
+"$BRANCHFS" branch list | grep -q '^stopped1 ' ||
+	bfs_fail "the request to the stopped daemon did not take effect once it ran again"
 
 bfs_step ".snapshots itself is read-only"
 erofs() {
