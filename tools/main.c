@@ -233,6 +233,24 @@ static int cmd_init(int argc, char **argv)
 static int find_mount(const char *mnt, char *store, size_t size,
 		      long *owner);
 
+/*
+ * Open @store to serve it.  An offline command that holds it for a moment
+ * is waited for, up to STORE_WAIT_MS, as the CLI commands wait for each
+ * other; a store that a daemon serves is refused at once.
+ */
+static int open_to_serve(const char *store, struct snap **s)
+{
+	for (int waited = 0;; waited += 50) {
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+		int ret = snap_open(store, 0, s);
+
+		if (ret != -EBUSY || waited >= STORE_WAIT_MS ||
+		    ctl_serving(store))
+			return ret;
+		nanosleep(&ts, NULL);
+	}
+}
+
 /* Whether resolved path @p is @dir or below it. */
 static bool path_within(const char *p, const char *dir)
 {
@@ -318,7 +336,7 @@ static int cmd_mount(int argc, char **argv)
 	if (o.foreground) {
 		struct snap *s;
 
-		ret = snap_open(store, 0, &s);
+		ret = open_to_serve(store, &s);
 		if (ret < 0) {
 			die_msg("cannot open store %s: %s", store, open_error(ret));
 			return 1;
@@ -361,7 +379,7 @@ static int cmd_mount(int argc, char **argv)
 			close(fd);
 		}
 		fd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-		ret = snap_open(store, 0, &s);
+		ret = open_to_serve(store, &s);
 		if (ret < 0) {
 			unsigned char c = (unsigned char)-ret;
 

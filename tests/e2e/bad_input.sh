@@ -164,6 +164,19 @@ for c in init mount umount stats version; do
 done
 [ ! -e "$BFS_WORK/--help" ] || bfs_fail "--help was taken for a path"
 
+bfs_step "mount waits for an offline command that holds the store"
+# (as the CLI commands wait for each other; it used to refuse at once)
+command -v flock >/dev/null || bfs_skip "flock (util-linux) missing"
+flock -x "$S/lock" sleep 2 &
+holder=$!
+for _ in $(seq 50); do
+	flock -n -s "$S/lock" true || break
+	sleep 0.05
+done
+bfs_mount "$S" "$M"
+wait "$holder"
+bfs_umount "$M"
+
 bfs_step "the store still works"
 before=$(snap "$S")
 bfs_mount "$S" "$M"
