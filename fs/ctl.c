@@ -293,10 +293,12 @@ static void *ctl_main(void *arg)
 int ctl_start(struct fs *fs, const char *store)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
 	int dfd, ret;
 	mode_t old;
 
 	fs->ctl_fd = -1;
+	fs->ctl_dfd = -1;
 	fs->ctl_wake[0] = fs->ctl_wake[1] = -1;
 	dfd = open(store, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
@@ -314,6 +316,7 @@ int ctl_start(struct fs *fs, const char *store)
 	ret = bind(fs->ctl_fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
 	if (ret < 0 || fchmodat(dfd, CTL_SOCK_NAME, 0600, 0) < 0 ||
+	    fstatat(dfd, CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 	    listen(fs->ctl_fd, 16) < 0) {
 		ret = -errno;
 		fs_log("control socket: %s", strerror(errno));
@@ -323,19 +326,15 @@ int ctl_start(struct fs *fs, const char *store)
 		ret = -errno;
 		goto out_close;
 	}
-	fs->ctl_path = malloc(strlen(store) + sizeof(CTL_SOCK_NAME) + 2);
-	if (!fs->ctl_path) {
-		ret = -ENOMEM;
-		goto out_close;
-	}
-	sprintf(fs->ctl_path, "%s/%s", store, CTL_SOCK_NAME);
 	ret = pthread_create(&fs->ctl_thread, NULL, ctl_main, fs);
 	if (ret) {
 		ret = -ret;
 		goto out_close;
 	}
 	fs->ctl_running = true;
-	close(dfd);
+	fs->ctl_dfd = dfd;
+	fs->ctl_dev = st.st_dev;
+	fs->ctl_ino = st.st_ino;
 	return 0;
 out_close:
 	if (fs->ctl_fd >= 0)
@@ -343,8 +342,6 @@ out_close:
 	fs->ctl_fd = -1;
 	unlinkat(dfd, CTL_SOCK_NAME, 0);
 	close(dfd);
-	free(fs->ctl_path);
-	fs->ctl_path = NULL;
 	return ret;
 }
 
@@ -362,9 +359,14 @@ void ctl_stop(struct fs *fs)
 	for (int i = 0; i < 2; i++)
 		if (fs->ctl_wake[i] >= 0)
 			close(fs->ctl_wake[i]);
-	if (fs->ctl_path) {
-		unlink(fs->ctl_path);
-		free(fs->ctl_path);
-		fs->ctl_path = NULL;
+	if (fs->ctl_dfd >= 0) {
+		struct stat st;
+
+		if (fstatat(fs->ctl_dfd, CTL_SOCK_NAME, &st,
+			    AT_SYMLINK_NOFOLLOW) == 0 &&
+		    st.st_dev == fs->ctl_dev && st.st_ino == fs->ctl_ino)
+			unlinkat(fs->ctl_dfd, CTL_SOCK_NAME, 0);
+		close(fs->ctl_dfd);
+		fs->ctl_dfd = -1;
 	}
 }

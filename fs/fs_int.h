@@ -61,7 +61,12 @@ struct fs {
 	int ctl_wake[2];
 	pthread_t ctl_thread;
 	bool ctl_running;
-	char *ctl_path;
+	/* the store directory (it follows a rename of the store) and the
+	 * socket's inode there: ctl_stop removes that socket, not another
+	 * store's that took the old path */
+	int ctl_dfd;
+	dev_t ctl_dev;
+	ino_t ctl_ino;
 };
 
 void fs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

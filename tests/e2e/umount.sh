@@ -3,7 +3,8 @@
 # exited and released the store (mount/umount/stats back to back); relative
 # paths; --foreground; -o options; an unmount by fusermount3 or a SIGTERM
 # to the daemon ends the daemon and loses nothing; umount of a busy mount
-# neither hangs nor breaks it; umount twice and of a stale mount.
+# neither hangs nor breaks it; umount twice and of a stale mount; a daemon
+# whose store was renamed removes only its own control socket.
 . "$(dirname "$0")/lib.sh"
 
 bfs_setup
@@ -132,3 +133,23 @@ bfs_expect_fail any "$BRANCHFS" umount "$MNT"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
 bfs_umount "$MNT"
+
+bfs_step "a store renamed while mounted, a new store at its old path: umount of the first leaves the second's control socket"
+X=$BFS_WORK/sx
+MX=$BFS_WORK/mx
+MY=$BFS_WORK/my
+bfs_init "$X"
+bfs_mount "$X" "$MX"
+mv "$X" "$BFS_WORK/sy"
+BFS_MNT_STORE[$MX]=$BFS_WORK/sy
+bfs_init "$X"
+bfs_mount "$X" "$MY"
+# (umount finds the store by the path the mount was made with, now the new
+# store's, so it may report that store as still held: only the effect counts)
+"$BRANCHFS" umount "$MX" 2>/dev/null || true
+! bfs_is_mounted "$MX" || bfs_fail "$MX is still mounted"
+unset "BFS_MNT_STORE[$MX]"
+[ -S "$X/ctl.sock" ] || bfs_fail "the first daemon removed the control socket of the store now at $X"
+"$BRANCHFS" branch create nb -s "$X" >/dev/null || bfs_fail "branch create on the store now at $X"
+[ -d "$MY/nb" ] || bfs_fail "nb was not made through the daemon serving $X"
+bfs_umount "$MY"
