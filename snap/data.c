@@ -1101,11 +1101,30 @@ out:
 	return ret;
 }
 
+/* The most listxattr(2) can return (the kernel's XATTR_LIST_MAX): a file
+ * whose names add up to more could never list them again (E2BIG). */
+#define XATTR_NAMES_MAX 65536
+
 int snap_setxattr(struct snap_tree *t, uint64_t ino, const char *name,
 		  const void *val, size_t size, int flags)
 {
 	if (flags & ~(XATTR_CREATE | XATTR_REPLACE))
 		return -EINVAL;
+	/* A new name must fit in the list: ENOSPC as ext4 says when a file's
+	 * xattrs fill their block.  (Two racing new names may pass together
+	 * and overshoot by one name.) */
+	if (!(flags & XATTR_REPLACE)) {
+		ssize_t n = snap_getxattr(t, ino, name, NULL, 0);
+
+		if (n == -ENODATA) {
+			n = snap_listxattr(t, ino, NULL, 0);
+			if (n >= 0 &&
+			    (size_t)n + strlen(name) + 1 > XATTR_NAMES_MAX)
+				return -ENOSPC;
+		}
+		if (n < 0)
+			return (int)n;
+	}
 	return xattr_change(t, ino, name, val, size, flags, false);
 }
 

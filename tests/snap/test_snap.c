@@ -1594,6 +1594,35 @@ static void test_xattrs(void **state)
 				 (ssize_t)sizeof(want));
 		assert_memory_equal(buf, want, sizeof(want));
 	}
+	/* Names fill listxattr's 64 KiB at most: then ENOSPC, and the list
+	 * still reads (it was E2BIG for good after ~270 such names). */
+	{
+		char name[256], *big = malloc(65536);
+		ssize_t len = 0;
+		int i, r = 0;
+
+		assert_non_null(big);
+		for (i = 0; i < 400 && r == 0; i++) {
+			snprintf(name, sizeof(name), "user.%03d%0240d", i, 0);
+			r = snap_setxattr(e->t, f, name, "v", 1, 0);
+		}
+		assert_int_equal(r, -ENOSPC);
+		assert_true(i > 200);
+		len = snap_listxattr(e->t, f, NULL, 0);
+		assert_true(len > 65536 - 256 && len <= 65536);
+		assert_int_equal(snap_listxattr(e->t, f, big, 65536), len);
+		/* an existing name can still be set; one removed makes room */
+		snprintf(name, sizeof(name), "user.%03d%0240d", 0, 0);
+		assert_int_equal(snap_setxattr(e->t, f, name, "w", 1, 0), 0);
+		assert_int_equal(snap_removexattr(e->t, f, name), 0);
+		assert_int_equal(snap_setxattr(e->t, f, name, "v", 1, 0), 0);
+		for (int j = 0; j < i - 1; j++) {
+			snprintf(name, sizeof(name), "user.%03d%0240d", j, 0);
+			assert_int_equal(snap_removexattr(e->t, f, name), 0);
+		}
+		free(big);
+	}
+
 	/* Set again after remove. */
 	assert_int_equal(snap_setxattr(e->t, f, "user.b", "again", 5,
 				       XATTR_CREATE), 0);
