@@ -883,8 +883,11 @@ uint64_t kv_thread_ticket(struct kv *kv)
  * refuse it with that error.  Not always: commits queue behind that fsync
  * (read-write pgbench on a --writeback mount ran at 0.45-0.84x in three
  * interleaved rounds against rocksdb_flush_wal).
- * An append can fail with room to spare too (EIO from a failing disk); that
- * race can still abort, losing nothing acknowledged as durable.
+ * An append can still fail in that race with room to spare when the look
+ * was made (EIO from a failing disk; another process taking the last
+ * wal_low_room bytes while the fsync of an older WAL file runs, since
+ * RocksDB checks each file just before syncing it): that aborts, losing
+ * nothing acknowledged as durable.
  */
 static void wal_sync(struct kv *kv, char **err)
 {

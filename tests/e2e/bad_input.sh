@@ -169,10 +169,12 @@ bfs_step "mount waits for an offline command that holds the store"
 command -v flock >/dev/null || bfs_skip "flock (util-linux) missing"
 flock -x "$S/lock" sleep 2 &
 holder=$!
+held=0
 for _ in $(seq 50); do
-	flock -n -s "$S/lock" true || break
+	flock -n -s "$S/lock" true || { held=1; break; }
 	sleep 0.05
 done
+[ $held = 1 ] || bfs_fail "the stand-in offline command never took the store lock"
 bfs_mount "$S" "$M"
 wait "$holder"
 bfs_umount "$M"

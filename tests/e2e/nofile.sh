@@ -19,7 +19,7 @@ hard=$(ulimit -Hn)
 # max_open_files of the newest OPTIONS file
 rocks_max_open() {
 	local f
-	f=$(ls -t "$STORE"/db/OPTIONS-* | head -n1)
+	f=$STORE/db/OPTIONS-$(ls "$STORE/db" | sed -n 's/^OPTIONS-//p' | sort -n | tail -n1)
 	sed -n 's/^ *max_open_files=//p' "$f"
 }
 
