@@ -1110,6 +1110,8 @@ int snap_setxattr(struct snap_tree *t, uint64_t ino, const char *name,
 {
 	if (flags & ~(XATTR_CREATE | XATTR_REPLACE))
 		return -EINVAL;
+	if (t->readonly || t->s->readonly) /* as op_begin says, first */
+		return -EROFS;
 	/* A new name must fit in the list: ENOSPC as ext4 says when a file's
 	 * xattrs fill their block.  (Two racing new names may pass together
 	 * and overshoot by one name.) */
