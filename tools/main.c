@@ -234,15 +234,16 @@ static int find_mount(const char *mnt, char *store, size_t size,
 		      long *owner);
 
 /*
- * Open @store to serve it.  An offline command that holds it for a moment
- * is waited for, up to STORE_WAIT_MS, as the CLI commands wait for each
- * other; a store that a daemon serves is refused at once.
+ * Open @store (mount, check).  An offline command that holds it for a
+ * moment is waited for, up to STORE_WAIT_MS, as the CLI commands wait for
+ * each other; a store that a daemon serves is refused at once (-EBUSY).
  */
-static int open_to_serve(const char *store, struct snap **s)
+static int open_unless_served(const char *store, unsigned flags,
+			      struct snap **s)
 {
 	for (int waited = 0;; waited += 50) {
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-		int ret = snap_open(store, 0, s);
+		int ret = snap_open(store, flags, s);
 
 		if (ret != -EBUSY || waited >= STORE_WAIT_MS ||
 		    ctl_serving(store))
@@ -336,7 +337,7 @@ static int cmd_mount(int argc, char **argv)
 	if (o.foreground) {
 		struct snap *s;
 
-		ret = open_to_serve(store, &s);
+		ret = open_unless_served(store, 0, &s);
 		if (ret < 0) {
 			die_msg("cannot open store %s: %s", store, open_error(ret));
 			return 1;
@@ -379,7 +380,7 @@ static int cmd_mount(int argc, char **argv)
 			close(fd);
 		}
 		fd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-		ret = open_to_serve(store, &s);
+		ret = open_unless_served(store, 0, &s);
 		if (ret < 0) {
 			unsigned char c = (unsigned char)-ret;
 
@@ -1338,17 +1339,7 @@ static int cmd_check(int argc, char **argv)
 		if (snap_open_room(store, &need, &avail) == 0 && avail < need)
 			oflags |= SNAP_OPEN_READONLY | SNAP_OPEN_LOCK_SHARED;
 	}
-	/* Another offline command holds the store for a moment: wait for it,
-	 * as the other commands do; a mounted store is refused at once. */
-	for (int waited = 0;; waited += 50) {
-		struct timespec ts = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
-
-		ret = snap_open(store, oflags, &s);
-		if (ret != -EBUSY || waited >= STORE_WAIT_MS ||
-		    ctl_serving(store))
-			break;
-		nanosleep(&ts, NULL);
-	}
+	ret = open_unless_served(store, oflags, &s);
 	if (ret == -EPROTONOSUPPORT) {
 		check_report(&o, "format", NULL, NULL,
 			     "the store's format version is not one this "
