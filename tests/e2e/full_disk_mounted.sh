@@ -20,21 +20,9 @@ FS=$BFS_WORK/fs
 STORE=$FS/store
 MNT=$BFS_WORK/mnt
 export BRANCHFS_STORE=$STORE
-# lib.sh's cleanup unmounts it (-o loop sets autoclear: the loop device goes)
-truncate -s 400M "$BFS_WORK/disk.img"
-mkfs.ext4 -q -F -m 0 "$BFS_WORK/disk.img"
-mkdir "$FS"
-mount -o loop "$BFS_WORK/disk.img" "$FS" || bfs_skip "cannot mount a loop device here"
-avail_mib() { df -B1M --output=avail "$FS" | tail -n1 | tr -d ' '; }
-# fill N: take every free byte (again if RocksDB freed some meanwhile, e.g.
-# an obsolete WAL file deleted after a flush)
-fill() {
-	for i in 1 2 3 4 5; do
-		dd if=/dev/zero of="$FS/filler$1.$i" bs=1M status=none 2>/dev/null || true
-		sleep 0.2
-		[ "$(avail_mib)" -ge 4 ] || return 0
-	done
-}
+bfs_loop_ext4 "$FS" 400
+fill() { bfs_fill "$FS" "$1"; }
+avail_mib() { bfs_avail_mib "$FS"; }
 # alive WHAT: the daemon still serves the mount
 alive() {
 	[ -n "$(bfs_daemon_pids "$STORE")" ] || bfs_fail "the daemon died $1: $(tail -n 3 "$STORE/branchfs.log")"

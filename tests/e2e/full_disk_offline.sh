@@ -26,13 +26,9 @@ FS=$BFS_WORK/fs
 STORE=$FS/store
 MNT=$BFS_WORK/mnt
 export BRANCHFS_STORE=$STORE
-# lib.sh's cleanup unmounts it (-o loop sets autoclear: the loop device goes)
-truncate -s 400M "$BFS_WORK/disk.img"
-mkfs.ext4 -q -F -m 0 "$BFS_WORK/disk.img"
-mkdir "$FS"
-mount -o loop "$BFS_WORK/disk.img" "$FS" || bfs_skip "cannot mount a loop device here"
-fill() { dd if=/dev/zero of="$FS/filler$1" bs=1M status=none 2>/dev/null || true; }
-avail_mib() { df -B1M --output=avail "$FS" | tail -n1 | tr -d ' '; }
+bfs_loop_ext4 "$FS" 400
+fill() { bfs_fill "$FS" "$1"; }
+avail_mib() { bfs_avail_mib "$FS"; }
 # no_abort RC WHAT: an exit status from SIGABRT (134) or any signal is a failure
 no_abort() { [ "$1" -lt 128 ] || bfs_fail "$2 died of signal $(($1 - 128))"; }
 

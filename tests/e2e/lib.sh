@@ -161,6 +161,34 @@ bfs_umount() {
 	fi
 }
 
+# bfs_loop_ext4 DIR MB: a fresh ext4 filesystem of MB MiB (no blocks
+# reserved for root) on a loop device, mounted on DIR (made), its image
+# DIR.img; skips the test where a loop device cannot be mounted.  Keep DIR
+# below the work directory: the cleanup unmounts it (deepest path first,
+# after any branchfs mount inside), and -o loop sets autoclear, so the loop
+# device goes with it.  (The caller checks that mkfs.ext4 exists.)
+bfs_loop_ext4() {
+	truncate -s "$2M" "$1.img"
+	mkfs.ext4 -q -F -m 0 "$1.img"
+	mkdir "$1"
+	mount -o loop "$1.img" "$1" || bfs_skip "cannot mount a loop device here"
+}
+
+# bfs_avail_mib DIR: MiB free for unprivileged users on DIR's filesystem.
+bfs_avail_mib() { df -B1M --output=avail "$1" | tail -n1 | tr -d ' '; }
+
+# bfs_fill DIR TAG: files DIR/fillerTAG.* take every free byte; again if
+# some came free meanwhile (RocksDB deletes an obsolete WAL file after a
+# flush), up to 5 times.
+bfs_fill() {
+	local i
+	for i in 1 2 3 4 5; do
+		dd if=/dev/zero of="$1/filler$2.$i" bs=1M status=none 2>/dev/null || true
+		sleep 0.2
+		[ "$(bfs_avail_mib "$1")" -ge 4 ] || return 0
+	done
+}
+
 # bfs_setup: the common case.  Sets STORE, MNT and D (= $MNT/main).
 bfs_setup() {
 	bfs_require_mount

@@ -45,14 +45,8 @@ pgl_pgdir "$SOCK"
 PORT=$(pgl_free_port 55100 400) || pgl_die "no free port"
 export BRANCHFS_STORE=$STORE
 
-# The loop filesystem is below $W: lib.sh's cleanup unmounts it after the
-# branchfs mount (deepest path first, lazily if need be), and -o loop sets
-# autoclear, so the loop device goes with it.
 bfs_step "a ${FS_MB} MiB ext4 filesystem on a loop device"
-truncate -s "${FS_MB}M" "$W/disk.img"
-mkfs.ext4 -q -F -m 0 "$W/disk.img"
-mkdir "$FS"
-mount -o loop "$W/disk.img" "$FS" || bfs_skip "cannot mount a loop device here"
+bfs_loop_ext4 "$FS" "$FS_MB"
 LOOPDEV=$(findmnt -n -o SOURCE "$FS")
 bfs_log "loop device $LOOPDEV"
 avail() { df -B1 --output=avail "$FS" | tail -n1 | tr -d ' '; }
@@ -240,5 +234,5 @@ bfs_umount "$MNT"
 	bfs_fail "branchfs check is not clean"
 }
 umount "$FS" || bfs_fail "umount $FS"
-! losetup -a | grep -qF "$W/disk.img" || bfs_fail "loop device left attached"
+! losetup -a | grep -qF "$FS.img" || bfs_fail "loop device left attached"
 bfs_log "PASS"
