@@ -1115,6 +1115,30 @@ static void ready(int *fd, int status)
 	}
 }
 
+/*
+ * libfuse ends the session cleanly on SIGHUP, SIGINT and SIGTERM.  Signals
+ * whose default action would kill the daemon and leave a stale mount behind
+ * ("Transport endpoint is not connected") get a meaning too: SIGQUIT (^\ in
+ * a --foreground terminal) ends the session as SIGTERM does, and SIGUSR1,
+ * SIGUSR2 and SIGALRM, which no one should send a file system, are ignored.
+ * @on false restores the defaults.
+ */
+static void quiet_signals(bool on)
+{
+	static const int ignored[] = { SIGUSR1, SIGUSR2, SIGALRM };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_DFL;
+	if (on && sigaction(SIGTERM, NULL, &sa) != 0)
+		sa.sa_handler = SIG_DFL;
+	sigaction(SIGQUIT, &sa, NULL);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on ? SIG_IGN : SIG_DFL;
+	for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
+		sigaction(ignored[i], &sa, NULL);
+}
+
 int fs_serve(struct snap *s, const struct fs_opts *o)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -1155,6 +1179,7 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 		ret = -EIO;
 		goto out_session;
 	}
+	quiet_signals(true);
 	ret = ctl_start(&fs, o->store);
 	if (ret < 0)
 		goto out_signals;
@@ -1183,6 +1208,7 @@ out_unmount:
 out_ctl:
 	ctl_stop(&fs);
 out_signals:
+	quiet_signals(false);
 	fuse_remove_signal_handlers(se);
 out_session:
 	fuse_session_destroy(se);

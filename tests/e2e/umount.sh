@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mount and unmount behaviours: umount returns only once the daemon has
 # exited and released the store (mount/umount/stats back to back); relative
-# paths; --foreground; -o options; an unmount by fusermount3 or a SIGTERM
-# to the daemon ends the daemon and loses nothing; umount of a busy mount
+# paths; --foreground; -o options; an unmount by fusermount3, a SIGTERM or a
+# SIGQUIT to the daemon ends the daemon and loses nothing (SIGUSR1, SIGUSR2
+# and SIGALRM are ignored); umount of a busy mount
 # neither hangs nor breaks it; umount twice and of a stale mount; a daemon
 # whose store was renamed removes only its own control socket.
 . "$(dirname "$0")/lib.sh"
@@ -94,6 +95,26 @@ fi
 unset "BFS_MNT_STORE[$MNT]"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
+
+bfs_step "SIGUSR1, SIGUSR2, SIGALRM are ignored; SIGQUIT ends the daemon as SIGTERM does"
+pid=$(bfs_daemon_pid "$STORE")
+for sig in USR1 USR2 ALRM; do
+	kill -"$sig" "$pid"
+	sleep 0.2
+	kill -0 "$pid" 2>/dev/null || bfs_fail "SIG$sig killed the daemon"
+	bfs_same "$H/rand" "$D/before-term"
+	echo "$sig" >"$D/after-$sig" || bfs_fail "mount unusable after SIG$sig"
+done
+kill -QUIT "$pid"
+bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGQUIT for 20 s"
+if bfs_is_mounted "$MNT"; then
+	bfs_log "SIGQUIT left the mount behind; branchfs umount cleans it"
+	bfs_umount "$MNT"
+fi
+unset "BFS_MNT_STORE[$MNT]"
+[ -f "$STORE/core" ] && bfs_fail "SIGQUIT dumped core"
+bfs_mount "$STORE" "$MNT"
+[ "$(cat "$D/after-ALRM")" = ALRM ] || bfs_fail "data lost across SIGQUIT"
 
 bfs_step "umount of a busy mount neither hangs nor breaks it"
 exec 7<"$D/before-term"
