@@ -134,7 +134,7 @@ static void wb_flush(struct fs *fs, const char *cmd)
 static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 {
 	if (argc == 1 && strcmp(argv[0], "ping") == 0) {
-		rprintf(r, "pid %d\n", (int)getpid());
+		rprintf(r, "pid %d\nmnt %s\n", (int)getpid(), fs->mountpoint);
 		return 0;
 	}
 	if (argc == 1 && strcmp(argv[0], "stats") == 0)

@@ -69,7 +69,7 @@ int kv_rocks_errno(const char *what, char *err)
 
 /* kv_open's finer translation: the caller wants to know whether the
  * database is missing, exists, is busy or is not one of ours. */
-static int kv_open_errno(const char *dbdir, char *err)
+static int kv_open_errno(const char *name, char *err)
 {
 	int ret;
 
@@ -90,7 +90,7 @@ static int kv_open_errno(const char *dbdir, char *err)
 		ret = -EINVAL;
 	else
 		ret = -EIO;
-	kv_log("rocksdb open %s: %s", dbdir, err);
+	kv_log("rocksdb open %s: %s", name, err);
 	rocksdb_free(err);
 	return ret;
 }
@@ -288,7 +288,7 @@ static int kv_format_check(struct kv *kv)
 			      strlen(BFS_KEY_FORMAT), v, sizeof(v), &vlen);
 	if (ret == -ENOENT) {
 		kv_log("%s: no format version recorded: not a branchfs store",
-		       kv->dbdir);
+		       kv->name);
 		return -EINVAL;
 	}
 	if (ret)
@@ -296,7 +296,7 @@ static int kv_format_check(struct kv *kv)
 	if (vlen != sizeof(v) || bfs_get_u32(v) != BFS_FORMAT_VERSION) {
 		kv_log("%s: unsupported store format (%zu bytes, version %u; "
 		       "this build knows %u)",
-		       kv->dbdir, vlen, vlen == sizeof(v) ? bfs_get_u32(v) : 0,
+		       kv->name, vlen, vlen == sizeof(v) ? bfs_get_u32(v) : 0,
 		       BFS_FORMAT_VERSION);
 		return -EPROTONOSUPPORT;
 	}
@@ -307,7 +307,7 @@ static int kv_format_check(struct kv *kv)
  * RocksDB creates the directory and an info LOG in it even when it then
  * refuses to open a database that is not there: look before opening.
  */
-static int kv_db_present(const char *dbdir)
+static int kv_db_present(const char *dbdir, const char *name)
 {
 	char *current;
 	struct stat st;
@@ -319,7 +319,7 @@ static int kv_db_present(const char *dbdir)
 		ret = -errno;
 		if (ret == -ENOTDIR)
 			ret = -ENOENT;
-		kv_log("%s: not a database: %s", dbdir, strerror(-ret));
+		kv_log("%s: not a database: %s", name, strerror(-ret));
 	}
 	free(current);
 	return ret;
@@ -327,22 +327,35 @@ static int kv_db_present(const char *dbdir)
 
 int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out)
 {
+	return kv_open_named(dbdir, NULL, flags, out);
+}
+
+int kv_open_named(const char *dbdir, const char *store,
+		  enum kv_open_flags flags, struct kv **out)
+{
 	const rocksdb_options_t *cfo[KV_CF_COUNT];
 	struct kv *kv;
-	char *err = NULL;
+	char *err = NULL, *name;
 	int ret;
 
 	if (!dbdir || !out || ((flags & KV_CREATE) && (flags & KV_READONLY)))
 		return -EINVAL;
+	if (store ? asprintf(&name, "%s/db", store) < 0 : !(name = strdup(dbdir)))
+		return -ENOMEM;
 	if (!(flags & KV_CREATE)) {
-		ret = kv_db_present(dbdir);
-		if (ret)
+		ret = kv_db_present(dbdir, name);
+		if (ret) {
+			free(name);
 			return ret;
+		}
 	}
 
 	kv = calloc(1, sizeof(*kv));
-	if (!kv)
+	if (!kv) {
+		free(name);
 		return -ENOMEM;
+	}
+	kv->name = name;
 	kv->readonly = flags & KV_READONLY;
 	kv->dbdir = strdup(dbdir);
 	if (!kv->dbdir) {
@@ -386,7 +399,7 @@ int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out)
 						      KV_CF_COUNT, cf_names,
 						      cfo, kv->cf, &err);
 	if (err) {
-		ret = kv_open_errno(dbdir, err);
+		ret = kv_open_errno(kv->name, err);
 		goto out_destroy_options;
 	}
 
@@ -410,6 +423,7 @@ out_destroy_block_lock:
 out_free_dbdir:
 	free(kv->dbdir);
 out_free_kv:
+	free(kv->name);
 	free(kv);
 	return ret;
 }
@@ -476,6 +490,7 @@ void kv_close(struct kv *kv)
 	pthread_mutex_destroy(&kv->sync_lock);
 	pthread_rwlock_destroy(&kv->block_lock);
 	free(kv->dbdir);
+	free(kv->name);
 	free(kv);
 }
 

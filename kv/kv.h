@@ -55,6 +55,12 @@ void kv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  */
 int kv_open(const char *dbdir, enum kv_open_flags flags, struct kv **out);
 
+/* kv_open() of @dbdir, which messages call "@store/db" (@store NULL: @dbdir
+ * itself) - for a database reached through another path than its own, such
+ * as /proc/self/fd/N/db (snap/snap_int.h, struct snap). */
+int kv_open_named(const char *dbdir, const char *store,
+		  enum kv_open_flags flags, struct kv **out);
+
 /* Close the database (NULL is allowed).  Everything committed is in the
  * WAL; kv_close() does not sync it: call kv_sync() first for durability.
  * A writable database has its memtables flushed first when the disk has

@@ -89,7 +89,17 @@ struct snap_open_ent {
 };
 
 struct snap {
+	/*
+	 * @path is the store's real path as opened, for messages.  Every file
+	 * of the store is reached through @root instead: "/proc/self/fd/N"
+	 * for @dir_fd, an open descriptor of the store directory, so that a
+	 * store renamed or moved while open keeps being served from where it
+	 * is now, and its new files (RocksDB makes them by path) never land
+	 * in whatever takes its old path.  Without /proc, @root is @path.
+	 */
 	char *path;
+	char *root;
+	int dir_fd;
 	int lock_fd;
 	bool readonly;
 	bool checking;  /* SNAP_OPEN_CHECK: tolerate damage, change nothing */

@@ -495,15 +495,15 @@ void snap_inode_release(struct snap_tree *t, uint64_t ino)
 
 bool snap_reserve_release(struct snap *s, const char *why)
 {
-	char *p = path_join(s->path, "reserve");
+	char *p = path_join(s->root, "reserve");
 	bool had;
 
 	if (!p)
 		return false;
 	had = unlink(p) == 0;
 	if (had)
-		kv_log("released the %llu MiB reserve %s: %s",
-		       SNAP_RESERVE_BYTES >> 20, p, why);
+		kv_log("released the %llu MiB reserve %s/reserve: %s",
+		       SNAP_RESERVE_BYTES >> 20, s->path, why);
 	free(p);
 	return had;
 }
@@ -512,13 +512,13 @@ bool snap_disk_low(struct snap *s)
 {
 	struct statvfs sv;
 
-	return statvfs(s->path, &sv) == 0 &&
+	return statvfs(s->root, &sv) == 0 &&
 	       (uint64_t)sv.f_bavail * sv.f_frsize < 4 * SNAP_RESERVE_BYTES;
 }
 
 void snap_reserve_take(struct snap *s)
 {
-	char *p = path_join(s->path, "reserve");
+	char *p = path_join(s->root, "reserve");
 	struct stat st;
 	int fd, err;
 
@@ -568,10 +568,10 @@ int snap_open_room(const char *path, uint64_t *need, uint64_t *avail)
 static int open_room(struct snap *s, bool use_reserve)
 {
 	uint64_t need, avail, reserve = 0;
-	int ret = snap_open_room(s->path, &need, &avail);
+	int ret = snap_open_room(s->root, &need, &avail);
 
 	if (ret == 0 && avail < need && use_reserve) {
-		char *rp = path_join(s->path, "reserve");
+		char *rp = path_join(s->root, "reserve");
 		struct stat st;
 
 		if (rp && stat(rp, &st) == 0)
@@ -580,7 +580,7 @@ static int open_room(struct snap *s, bool use_reserve)
 		if (avail + reserve >= need &&
 		    snap_reserve_release(s, "opening the store needs room on "
 					    "a full disk"))
-			ret = snap_open_room(s->path, &need, &avail);
+			ret = snap_open_room(s->root, &need, &avail);
 	}
 	if (ret < 0)
 		return 0; /* cannot tell: let RocksDB try */
@@ -1058,6 +1058,32 @@ static void *gc_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Set s->root (see struct snap): "/proc/self/fd/N" for an open descriptor
+ * of the store directory, once a stat() through it shows that very
+ * directory; else (no /proc) the path itself.
+ */
+static int open_root(struct snap *s)
+{
+	struct stat a, b;
+	char buf[64];
+
+	s->root = s->path;
+	s->dir_fd = open(s->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->dir_fd < 0)
+		return errno == ENOTDIR ? -EINVAL : -errno;
+	snprintf(buf, sizeof(buf), "/proc/self/fd/%d", s->dir_fd);
+	if (fstat(s->dir_fd, &a) == 0 && stat(buf, &b) == 0 &&
+	    a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+		char *r = strdup(buf);
+
+		if (!r)
+			return -ENOMEM;
+		s->root = r;
+	}
+	return 0;
+}
+
 int snap_open(const char *path, unsigned flags, struct snap **out)
 {
 	struct snap *s = calloc(1, sizeof(*s));
@@ -1068,6 +1094,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 	if (!s)
 		return -ENOMEM;
 	s->lock_fd = -1;
+	s->dir_fd = -1;
 	s->readonly = flags & SNAP_OPEN_READONLY;
 	s->checking = flags & SNAP_OPEN_CHECK;
 	pthread_rwlock_init(&s->tree_lock, NULL);
@@ -1085,7 +1112,11 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		ret = -errno;
 		goto out_free;
 	}
-	dbp = path_join(s->path, "db");
+	ret = open_root(s);
+	if (ret < 0)
+		goto out_free;
+	ret = -ENOMEM;
+	dbp = path_join(s->root, "db");
 	if (!dbp)
 		goto out_free;
 	if (stat(dbp, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -1093,7 +1124,7 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		goto out_free;
 	}
 	if (!s->readonly || (flags & SNAP_OPEN_LOCK_SHARED)) {
-		ret = lock_store(s->path, s->readonly, &s->lock_fd);
+		ret = lock_store(s->root, s->readonly, &s->lock_fd);
 		if (ret == -ENOENT)
 			ret = -EINVAL;
 		if (ret < 0)
@@ -1104,9 +1135,10 @@ int snap_open(const char *path, unsigned flags, struct snap **out)
 		if (ret < 0)
 			goto out_free;
 	}
-	ret = kv_open(dbp,
-		      s->readonly ? KV_READONLY : ret ? KV_NO_AUTO_COMPACT : 0,
-		      &s->kv);
+	ret = kv_open_named(dbp, s->path,
+			    s->readonly ? KV_READONLY :
+			    ret ? KV_NO_AUTO_COMPACT : 0,
+			    &s->kv);
 	if (ret < 0)
 		goto out_free;
 	ret = load_u64(s->kv, BFS_KEY_NEXT_INO, &s->next_ino);
@@ -1195,6 +1227,10 @@ void snap_close(struct snap *s)
 	}
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
+	if (s->dir_fd >= 0)
+		close(s->dir_fd);
+	if (s->root != s->path)
+		free(s->root);
 	for (unsigned i = 0; i < SNAP_STRIPES; i++)
 		pthread_mutex_destroy(&s->stripes[i]);
 	pthread_rwlock_destroy(&s->tree_lock);
@@ -1277,7 +1313,7 @@ int snap_statfs(struct snap *s, struct snap_statfs *st)
 {
 	struct statvfs v;
 
-	if (statvfs(s->path, &v) < 0)
+	if (statvfs(s->root, &v) < 0)
 		return -errno;
 	st->bsize = v.f_frsize;
 	st->blocks = v.f_blocks;

@@ -88,9 +88,15 @@ int ctl_timeout_s(void)
 int ctl_call(const char *store, int argc, const char *const *argv, char **reply)
 {
 	/* gc compacts the whole database: as long as that takes */
-	struct timeval tv = {
-		.tv_sec = argc > 0 && !strcmp(argv[0], "gc") ? 0 : ctl_timeout_s()
-	};
+	return ctl_call_within(store, argc, argv, reply,
+			       argc > 0 && !strcmp(argv[0], "gc") ?
+			       0 : ctl_timeout_s());
+}
+
+int ctl_call_within(const char *store, int argc, const char *const *argv,
+		    char **reply, int secs)
+{
+	struct timeval tv = { .tv_sec = secs };
 	unsigned char hdr[8];
 	size_t n = 0, off = 4;
 	uint32_t len;

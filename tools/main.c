@@ -532,6 +532,26 @@ static int wait_unlocked(const char *store, int secs)
 	return -ETIMEDOUT;
 }
 
+/*
+ * Whether the store at @store (the mount's source in mountinfo) may be the
+ * one mounted on @mnt: false only when a daemon there answers that it
+ * serves another mountpoint - the store was renamed while mounted and a
+ * new store now at its old path is mounted elsewhere.  Its lock says
+ * nothing about @mnt's daemon then.
+ */
+static bool store_of_mount(const char *store, const char *mnt)
+{
+	const char *req[] = { "ping" };
+	char *reply = NULL, m[PATH_MAX];
+	bool ours = true;
+
+	if (ctl_call_within(store, 1, req, &reply, 5) == 0 && reply &&
+	    ctl_field(reply, "mnt", m, sizeof(m)) && strcmp(m, mnt))
+		ours = false;
+	free(reply);
+	return ours;
+}
+
 static int cmd_umount(int argc, char **argv)
 {
 	char mnt[PATH_MAX], store[PATH_MAX] = "";
@@ -556,6 +576,8 @@ static int cmd_umount(int argc, char **argv)
 		return 1;
 	}
 	stale = stat(mnt, &st) < 0 && errno == ENOTCONN;
+	if (store[0] && !stale && !store_of_mount(store, mnt))
+		store[0] = 0; /* cannot wait for the daemon to let go */
 	if (getuid() == 0) {
 		ret = umount2(mnt, stale ? MNT_DETACH : 0);
 		if (ret < 0 && errno == EBUSY && !stale) {

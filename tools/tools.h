@@ -18,6 +18,9 @@ void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * $BRANCHFS_TIMEOUT; then ctl_call() returns -ETIMEDOUT with no reply. */
 int ctl_timeout_s(void);
 int ctl_call(const char *store, int argc, const char *const *argv, char **reply);
+/* ctl_call() that waits at most @secs for the answer (0: for ever) */
+int ctl_call_within(const char *store, int argc, const char *const *argv,
+		    char **reply, int secs);
 /* Whether a daemon serves @store: its control socket takes connections
  * (an error other than "nobody listens" counts as yes). */
 bool ctl_serving(const char *store);

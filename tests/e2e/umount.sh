@@ -4,8 +4,9 @@
 # paths; --foreground; -o options; an unmount by fusermount3, a SIGTERM or a
 # SIGQUIT to the daemon ends the daemon and loses nothing (SIGUSR1, SIGUSR2
 # and SIGALRM are ignored); umount of a busy mount
-# neither hangs nor breaks it; umount twice and of a stale mount; a daemon
-# whose store was renamed removes only its own control socket.
+# neither hangs nor breaks it; umount twice and of a stale mount; a store
+# renamed while mounted keeps being served, and a new store made at its old
+# path is left alone.
 . "$(dirname "$0")/lib.sh"
 
 bfs_setup
@@ -155,35 +156,62 @@ bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
 bfs_umount "$MNT"
 
-bfs_step "a store renamed while mounted: its daemon removes only its own control socket"
-# (another socket now at the old path, as a new store mounted there would
-# have, must stay; the renamed store must be intact.  A real second store
-# at the old path is not used: RocksDB makes its new files by path, so the
-# first daemon would write into it - see Known limits)
+bfs_step "a store renamed while mounted is served from its new place; a new store at its old path is left alone"
+# RocksDB makes its files by path: the daemon reaches its store through a
+# descriptor of the store directory (/proc/self/fd/N), so the flush at the
+# umount below lands in the renamed store, not in the new one at the old
+# path, and the old daemon's exit removes only its own control socket.
 X=$BFS_WORK/sx
 MX=$BFS_WORK/mx
+MX2=$BFS_WORK/mx2
 bfs_init "$X"
 bfs_mount "$X" "$MX"
 echo kept >"$MX/main/f"
 sync "$MX/main/f"
+pid=$(bfs_daemon_pid "$X")
 mv "$X" "$BFS_WORK/sy"
-mkdir "$X"
-perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $ARGV[0], Listen => 1) or die "$!"; sleep 60' "$X/ctl.sock" &
-holder=$!
-for _ in $(seq 50); do
-	[ -S "$X/ctl.sock" ] && break
-	sleep 0.1
-done
-[ -S "$X/ctl.sock" ] || bfs_fail "the stand-in socket did not appear"
-pid=$(bfs_daemon_pid "$BFS_WORK/sy")
-"$BRANCHFS" umount "$MX" 2>/dev/null || true
+bfs_init "$X"
+bfs_mount "$X" "$MX2"
+echo other >"$MX2/main/g"
+cp "$H/rand" "$MX/main/after-rename" || bfs_fail "write to the renamed store's mount"
+sync "$MX/main/after-rename" || bfs_fail "fsync on the renamed store's mount"
+"$BRANCHFS" snapshot create -s "$BFS_WORK/sy" main s-after-rename ||
+	bfs_fail "snapshot of the renamed store through its control socket"
+[ -S "$X/ctl.sock" ] || bfs_fail "the new store at the old path has no control socket"
+bfs_umount "$MX2"
+new_db=$(cd "$X/db" && ls -l --time-style=+%s.%N | sort)
+"$BRANCHFS" umount "$MX" || bfs_fail "umount of the renamed store's mount"
 unset "BFS_MNT_STORE[$MX]"
 bfs_wait_gone "$pid" 20 || bfs_fail "the daemon of the renamed store did not exit"
 ! bfs_is_mounted "$MX" || bfs_fail "$MX is still mounted"
-[ -S "$X/ctl.sock" ] || bfs_fail "the daemon of the renamed store removed the socket now at its old path"
-kill "$holder" 2>/dev/null || true
-wait "$holder" 2>/dev/null || true
+[ "$(cd "$X/db" && ls -l --time-style=+%s.%N | sort)" = "$new_db" ] ||
+	bfs_fail "the renamed store's daemon changed files of the new store at its old path"
+"$BRANCHFS" check "$X" >&2 || bfs_fail "check of the new store at the old path is not clean"
+"$BRANCHFS" check "$BFS_WORK/sy" >&2 || bfs_fail "check of the renamed store is not clean"
 bfs_mount "$BFS_WORK/sy" "$MX"
 [ "$(cat "$MX/main/f")" = kept ] || bfs_fail "the renamed store lost main/f"
+bfs_same "$H/rand" "$MX/main/after-rename"
+bfs_same "$H/rand" "$MX/.snapshots/s-after-rename/after-rename"
+[ ! -e "$MX/main/g" ] || bfs_fail "the new store's file is in the renamed store"
 bfs_umount "$MX"
-"$BRANCHFS" check "$BFS_WORK/sy" >&2 || bfs_fail "check of the renamed store is not clean"
+bfs_mount "$X" "$MX2"
+[ "$(cat "$MX2/main/g")" = other ] || bfs_fail "the new store lost main/g"
+[ ! -e "$MX2/main/after-rename" ] || bfs_fail "the renamed store's file is in the new store"
+bfs_umount "$MX2"
+
+bfs_step "umount of a renamed store's mount does not wait for another store mounted at its old path"
+# (umount waits for the store lock at the mount's source path; the daemon
+# there says it serves another mountpoint, so that lock is not this one's)
+bfs_mount "$BFS_WORK/sy" "$MX"
+pid=$(bfs_daemon_pid "$BFS_WORK/sy")
+mv "$BFS_WORK/sy" "$BFS_WORK/sz"
+bfs_init "$BFS_WORK/sy"
+bfs_mount "$BFS_WORK/sy" "$MX2"
+rc=0
+timeout 120 "$BRANCHFS" umount "$MX" 2>"$BFS_WORK/ren.err" || rc=$?
+unset "BFS_MNT_STORE[$MX]"
+[ $rc = 0 ] || bfs_fail "umount of the renamed store's mount: exit $rc: $(cat "$BFS_WORK/ren.err")"
+bfs_wait_gone "$pid" 20 || bfs_fail "the daemon of the renamed store did not exit"
+[ -d "$MX2/main" ] || bfs_fail "the other store's mount is gone"
+bfs_umount "$MX2"
+"$BRANCHFS" check "$BFS_WORK/sz" >&2 || bfs_fail "check of the store renamed twice is not clean"
