@@ -1145,7 +1145,8 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	struct fuse_loop_config *cfg;
 	struct fuse_session *se;
 	struct fs fs;
-	char optbuf[4096];
+	char optbuf[3 * PATH_MAX], store[2 * PATH_MAX];
+	size_t n = 0;
 	int ret, ready_fd = o->ready_fd;
 
 	memset(&fs, 0, sizeof(fs));
@@ -1158,9 +1159,16 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	pthread_mutex_init(&fs.fh_lock, NULL);
 	fs.next_fh = 1;
 
+	/* libfuse splits -o at commas: escape the store path's ones */
+	for (const char *p = o->store; *p && n < sizeof(store) - 2; p++) {
+		if (*p == ',' || *p == '\\')
+			store[n++] = '\\';
+		store[n++] = *p;
+	}
+	store[n] = '\0';
 	snprintf(optbuf, sizeof(optbuf),
 		 "fsname=branchfs:%s,subtype=branchfs,default_permissions%s%s%s",
-		 o->store, getuid() == 0 ? ",allow_other" : "",
+		 store, getuid() == 0 ? ",allow_other" : "",
 		 o->options && *o->options ? "," : "",
 		 o->options ? o->options : "");
 	if (fuse_opt_add_arg(&args, "branchfs") || fuse_opt_add_arg(&args, "-o") ||

@@ -444,6 +444,25 @@ static int cmd_mount(int argc, char **argv)
 
 /* ---- umount --------------------------------------------------------------- */
 
+/* Undo mountinfo's escapes in place: the kernel writes space, tab, newline
+ * and backslash in paths as \040, \011, \012 and \134. */
+static void mountinfo_unescape(char *s)
+{
+	char *w = s;
+
+	for (const char *r = s; *r; w++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' &&
+		    r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
+			*w = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 |
+				    (r[3] - '0'));
+			r += 4;
+		} else {
+			*w = *r++;
+		}
+	}
+	*w = '\0';
+}
+
 /* Find @mnt in /proc/self/mountinfo: store path in @store, the uid that
  * mounted it in *@owner (-1 unknown).  1 found. */
 static int find_mount(const char *mnt, char *store, size_t size, long *owner)
@@ -464,6 +483,8 @@ static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 			continue;
 		if (sscanf(dash + 3, "%63s %4095s", fstype, src) != 2)
 			continue;
+		mountinfo_unescape(mp);
+		mountinfo_unescape(src);
 		if (strcmp(mp, mnt) || strcmp(fstype, "fuse.branchfs"))
 			continue;
 		if (!strncmp(src, "branchfs:", 9))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mount and unmount behaviours: umount returns only once the daemon has
 # exited and released the store (mount/umount/stats back to back); relative
-# paths; --foreground; -o options; an unmount by fusermount3, a SIGTERM or a
+# paths, paths with blanks, commas and backslashes; --foreground; -o options; an unmount by fusermount3, a SIGTERM or a
 # SIGQUIT to the daemon ends the daemon and loses nothing (SIGUSR1, SIGUSR2
 # and SIGALRM are ignored); umount of a busy mount
 # neither hangs nor breaks it; umount twice and of a stale mount; a store
@@ -44,6 +44,23 @@ bfs_step "relative paths for mount and umount"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/relative"
 bfs_umount "$MNT"
+
+bfs_step "a store and a mountpoint whose paths hold a space, a comma, a tab and a backslash"
+# (mountinfo escapes blanks and backslashes as \040 and \134; FUSE's -o
+# list splits at commas)
+ODD="$BFS_WORK/st ore,x"$'\t'"\\y"
+OM="$BFS_WORK/m nt,z"$'\t'"\\w"
+bfs_init "$ODD"
+bfs_mount "$ODD" "$OM"
+cp "$H/rand" "$OM/main/odd" || bfs_fail "write on a mount with an odd path"
+bfs_expect_fail any "$BRANCHFS" mount "$ODD" "$OM"
+"$BRANCHFS" snapshot create -s "$ODD" main s-odd >/dev/null || bfs_fail "snapshot of a store with an odd path"
+[ -d "$OM/.snapshots/s-odd" ] || bfs_fail "snapshot s-odd not shown"
+bfs_umount "$OM"
+bfs_mount "$ODD" "$OM"
+bfs_same "$H/rand" "$OM/main/odd"
+bfs_umount "$OM"
+"$BRANCHFS" check "$ODD" >&2 || bfs_fail "check of a store with an odd path"
 
 bfs_step "umount through a symlink to the mountpoint"
 bfs_mount "$STORE" "$MNT"
