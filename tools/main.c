@@ -834,12 +834,12 @@ static unsigned sub_opts(const char *cmd, const char *sub)
 	} t[] = {
 		{ "snapshot", "create", OPT_JSON | OPT_CHECKPOINT },
 		{ "snapshot", "list", OPT_JSON },
-		{ "snapshot", "delete", OPT_FORCE },
+		{ "snapshot", "delete", OPT_JSON | OPT_FORCE },
 		{ "branch", "create", OPT_JSON | OPT_FROM | OPT_CHECKPOINT },
 		{ "branch", "list", OPT_JSON },
-		{ "branch", "delete", OPT_FORCE },
-		{ "branch", "reset", OPT_TO | OPT_FORCE },
-		{ "branch", "rename", OPT_FORCE },
+		{ "branch", "delete", OPT_JSON | OPT_FORCE },
+		{ "branch", "reset", OPT_JSON | OPT_TO | OPT_FORCE },
+		{ "branch", "rename", OPT_JSON | OPT_FORCE },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
@@ -1134,6 +1134,55 @@ static int print_created(const char *what, const char *name, const char *reply,
 	return 0;
 }
 
+/*
+ * Confirm a delete, reset or rename: "deleted branch b", "reset branch b
+ * to snapshot s" (to its branch point: @to NULL), "renamed a to b"; with
+ * --json one object: {"branch": "b", "deleted": true}, {"branch": "b",
+ * "reset_to": "s" or null}, {"renamed": "a", "to": "b"}.
+ */
+static int print_done(const char *reply, bool json, const char *verb,
+		      const char *what, const char *name, const char *to)
+{
+	print_warnings(reply);
+	if (!strcmp(verb, "deleted")) {
+		if (!json) {
+			printf("deleted %s %s\n", what, name);
+			return 0;
+		}
+		printf("{\"%s\": ", what);
+		json_str(name);
+		printf(", \"deleted\": true}\n");
+	} else if (!strcmp(verb, "reset")) {
+		if (!json) {
+			if (to)
+				printf("reset branch %s to snapshot %s\n", name, to);
+			else
+				printf("reset branch %s to its branch point\n",
+				       name);
+			return 0;
+		}
+		printf("{\"branch\": ");
+		json_str(name);
+		printf(", \"reset_to\": ");
+		if (to)
+			json_str(to);
+		else
+			printf("null");
+		printf("}\n");
+	} else {
+		if (!json) {
+			printf("renamed %s to %s\n", name, to);
+			return 0;
+		}
+		printf("{\"renamed\": ");
+		json_str(name);
+		printf(", \"to\": ");
+		json_str(to);
+		printf("}\n");
+	}
+	return 0;
+}
+
 static double now_ms(void)
 {
 	struct timespec ts;
@@ -1174,7 +1223,8 @@ static int cmd_snapshot(int argc, char **argv)
 		const char *w[] = { "snapshot-delete", a.pos[0], "--force" };
 
 		if (request(a.store, a.force ? 3 : 2, w, &reply) == 0)
-			ret = 0;
+			ret = print_done(reply, a.json, "deleted", "snapshot",
+					 a.pos[0], NULL);
 	} else {
 		return usage_err("snapshot");
 	}
@@ -1214,7 +1264,8 @@ static int cmd_branch(int argc, char **argv)
 		const char *w[] = { "branch-delete", a.pos[0], "--force" };
 
 		if (request(a.store, a.force ? 3 : 2, w, &reply) == 0)
-			ret = 0;
+			ret = print_done(reply, a.json, "deleted", "branch",
+					 a.pos[0], NULL);
 	} else if (!strcmp(sub, "reset") && a.npos == 1) {
 		const char *w[4] = { "branch-reset", a.pos[0] };
 		int n = 2;
@@ -1224,12 +1275,14 @@ static int cmd_branch(int argc, char **argv)
 		if (a.force)
 			w[n++] = "--force";
 		if (request(a.store, n, w, &reply) == 0)
-			ret = 0;
+			ret = print_done(reply, a.json, "reset", "branch",
+					 a.pos[0], a.to);
 	} else if (!strcmp(sub, "rename") && a.npos == 2) {
 		const char *w[] = { "branch-rename", a.pos[0], a.pos[1], "--force" };
 
 		if (request(a.store, a.force ? 4 : 3, w, &reply) == 0)
-			ret = 0;
+			ret = print_done(reply, a.json, "renamed", NULL,
+					 a.pos[0], a.pos[1]);
 	} else {
 		return usage_err("branch");
 	}

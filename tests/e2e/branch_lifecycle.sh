@@ -12,7 +12,8 @@
 #     and the daemon survives reads and writes on the orphaned descriptor;
 #   - bad names (/, .., empty, 201 bytes, control characters, leading - or
 #     .) and unknown names: non-zero exit, message on stderr, nothing made;
-#   - --json of every listing parses;
+#   - --json of every listing parses; delete, reset and rename confirm
+#     what they did (text and --json);
 #   - the same commands offline, verified after mounting;
 #   - 1,000 branches in one store, created and deleted while mounted.
 # Knobs: BFS_LIFECYCLE_N (1000 branches).
@@ -24,6 +25,15 @@ export BRANCHFS_STORE=$STORE
 bfs() { "$BRANCHFS" "$@"; }
 # ok CMD...: must succeed (its stdout is discarded)
 ok() { "$BRANCHFS" "$@" >/dev/null || bfs_fail "branchfs $* failed"; }
+# says WANT CMD...: must succeed and print exactly WANT (a --json object is
+# first checked to parse, then compared as printed)
+says() {
+	local want=$1 out
+	shift
+	out=$("$BRANCHFS" "$@") || bfs_fail "branchfs $* failed"
+	case " $* " in *" --json "*) bfs_json_valid <<<"$out" || bfs_fail "branchfs $*: not JSON: $out" ;; esac
+	[ "$out" = "$want" ] || bfs_fail "branchfs $* printed '$out', expected '$want'"
+}
 top() { ls -A "$MNT" | LC_ALL=C sort; }
 snaps() { ls -A "$MNT/.snapshots" | LC_ALL=C sort; }
 has_line() { grep -qxF -- "$2" <<<"$1"; }
@@ -85,12 +95,12 @@ bfs branch list | grep -q '^b3 ' || bfs_fail "branch list (text) lacks b3: $(bfs
 
 bfs_step "rename: old name vanishes, new appears at once"
 stat "$MNT/b1" "$MNT/b1/text" >/dev/null # cache the dentries
-ok branch rename b1 b1r
+says "renamed b1 to b1r" branch rename b1 b1r
 [ -e "$MNT/b1" ] && bfs_fail "MNT/b1 still there after rename"
 [ -d "$MNT/b1r" ] || bfs_fail "MNT/b1r missing after rename"
 [ "$(sum "$MNT/b1r")" = "$MAIN0" ] || bfs_fail "b1r lost its content"
 stat "$MNT/.snapshots/s1" >/dev/null
-ok branch rename s1 s1r
+says '{"renamed": "s1", "to": "s1r"}' branch rename s1 s1r --json
 [ -e "$MNT/.snapshots/s1" ] && bfs_fail ".snapshots/s1 still there after rename"
 [ "$(sum "$MNT/.snapshots/s1r")" = "$MAIN0" ] || bfs_fail "snapshot s1r lost its content"
 [ "$(json_names branch)" = "$(printf 'b1r\nb2\nb3\nmain')" ] || bfs_fail "branch list after rename: $(json_names branch)"
@@ -101,12 +111,12 @@ ok branch create b4 --from b1r
 
 bfs_step "delete: directories vanish at once"
 ls "$MNT/b4" >/dev/null
-ok branch delete b4
+says "deleted branch b4" branch delete b4
 [ -e "$MNT/b4" ] && bfs_fail "MNT/b4 still there after delete"
 has_line "$(top)" b4 && bfs_fail "ls MNT still lists b4"
 ok snapshot create b2 s2
 ls "$MNT/.snapshots/s2" >/dev/null
-ok snapshot delete s2
+says '{"snapshot": "s2", "deleted": true}' snapshot delete s2 --json
 [ -e "$MNT/.snapshots/s2" ] && bfs_fail ".snapshots/s2 still there after delete"
 # the name is free again
 ok branch create b4
@@ -126,7 +136,7 @@ RS1=$(sum "$MNT/r")
 echo more >>"$MNT/r/version"
 rm -r "$MNT/r/dir"
 cat "$MNT/r/version" >/dev/null
-ok branch reset r
+says "reset branch r to its branch point" branch reset r
 [ "$(sum "$MNT/r")" = "$MAIN0" ] || {
 	diff <(echo "$MAIN0") <(sum "$MNT/r") | head >&2
 	bfs_fail "after reset, r is not its branch point"
@@ -136,7 +146,7 @@ ok branch reset r
 [ "$(sum "$MNT/.snapshots/rs1")" = "$RS1" ] || bfs_fail "reset of r changed its snapshot rs1"
 echo after-reset >"$MNT/r/version"
 cat "$MNT/r/version" >/dev/null
-ok branch reset r --to rs1
+says '{"branch": "r", "reset_to": "rs1"}' branch reset r --to rs1 --json
 [ "$(sum "$MNT/r")" = "$RS1" ] || {
 	diff <(echo "$RS1") <(sum "$MNT/r") | head >&2
 	bfs_fail "after reset --to rs1, r differs from rs1"
@@ -254,7 +264,7 @@ bfs_expect_fail 2 "$BRANCHFS" branch create wrongopt --to s1r
 bfs_expect_fail 2 "$BRANCHFS" branch reset b2 --from s1r
 bfs_expect_fail 2 "$BRANCHFS" snapshot create main wrongopt --force
 bfs_expect_fail 2 "$BRANCHFS" branch list --force
-bfs_expect_fail 2 "$BRANCHFS" snapshot delete s1r --json
+bfs_expect_fail 2 "$BRANCHFS" snapshot delete s1r --to s1r
 bfs_expect_fail 2 "$BRANCHFS" gc --json
 bfs_expect_fail 2 "$BRANCHFS" help nosuch
 # output that cannot be written is an error
