@@ -441,8 +441,8 @@ static int purge_if_orphan(struct snap_tree *t, uint64_t ino)
 	int held[1], ret;
 
 	ret = op_begin(&op, t, true);
-	if (ret < 0)
-		return ret;
+	if (ret < 0) /* -ENOENT: the branch is gone, and the inode with it */
+		return ret == -ENOENT ? 0 : ret;
 	stripes_lock(s, op_branch(&op), &ino, 1, held);
 	ret = inode_get(&op, ino, &in);
 	if (ret < 0 || in.nlink > 0 || snap_is_open(s, op_branch(&op), ino))
