@@ -123,7 +123,8 @@ static void wb_flush(struct fs *fs, const char *cmd)
 	    (strcmp(cmd, "snapshot-create") && strcmp(cmd, "branch-create")))
 		return;
 	fd = open(fs->mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || syncfs(fd) < 0)
+	/* ENOENT: pages of a branch deleted with --force, now unwritable */
+	if (fd < 0 || (syncfs(fd) < 0 && errno != ENOENT))
 		fs_log("flushing the page cache of %s before %s: %s",
 		       fs->mountpoint, cmd, strerror(errno));
 	if (fd >= 0)
@@ -156,9 +157,10 @@ static int dispatch(struct fs *fs, int argc, char **argv, struct reply *r)
 	}
 }
 
-/* Read exactly @n bytes, giving up 5 s after @start (a slow or stuck
+/* Read exactly @n bytes, giving up @ms after @start (a slow or stuck
  * client must not hold the single control thread). */
-static int read_full(int fd, void *buf, size_t n, const struct timespec *start)
+static int read_full(int fd, void *buf, size_t n, const struct timespec *start,
+		     long ms)
 {
 	size_t done = 0;
 
@@ -169,7 +171,7 @@ static int read_full(int fd, void *buf, size_t n, const struct timespec *start)
 		ssize_t r;
 
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		left = 5000 - (long)((now.tv_sec - start->tv_sec) * 1000 +
+		left = ms - (long)((now.tv_sec - start->tv_sec) * 1000 +
 				     (now.tv_nsec - start->tv_nsec) / 1000000);
 		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
 			return -ETIMEDOUT;
@@ -200,8 +202,15 @@ static void write_full(int fd, const void *buf, size_t n)
 	}
 }
 
-static void serve_one(struct fs *fs, int c)
+/*
+ * Serve the request on connection @c.  @closing: the daemon is stopping -
+ * read the request (briefly) but do not run it: answer -ESHUTDOWN, which
+ * tells the CLI that nothing was done and that it may run the request
+ * itself once the store is free.
+ */
+static void serve_one(struct fs *fs, int c, bool closing)
 {
+	long ms = closing ? 200 : 5000;
 	struct reply r = { 0 };
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
@@ -221,7 +230,7 @@ static void serve_one(struct fs *fs, int c)
 		goto reply;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &start);
-	if (read_full(c, hdr, 4, &start) < 0) {
+	if (read_full(c, hdr, 4, &start, ms) < 0) {
 		status = -EPROTO;
 		goto out; /* nothing to answer */
 	}
@@ -237,12 +246,17 @@ static void serve_one(struct fs *fs, int c)
 		status = -ENOMEM;
 		goto reply;
 	}
-	if (read_full(c, req, n, &start) < 0) {
+	if (read_full(c, req, n, &start, ms) < 0) {
 		rprintf(&r, "truncated request\n");
 		status = -EINVAL;
 		goto reply;
 	}
 	req[n] = 0;
+	if (closing) {
+		rprintf(&r, "the daemon is unmounting: request not run\n");
+		status = -ESHUTDOWN;
+		goto reply;
+	}
 	for (size_t i = 0; i < n && argc < CTL_MAX_WORDS;) {
 		argv[argc++] = req + i;
 		i += strlen(req + i) + 1;
@@ -284,7 +298,7 @@ static void *ctl_main(void *arg)
 		c = accept4(fs->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0)
 			continue;
-		serve_one(fs, c);
+		serve_one(fs, c, false);
 		close(c);
 	}
 	return NULL;
@@ -345,20 +359,16 @@ out_close:
 	return ret;
 }
 
+/*
+ * Stop serving: first remove the socket (if it is still ours), so that a
+ * new client finds no daemon and opens the store itself once it is free
+ * (the CLI waits for that); let the control thread finish the request it
+ * is running; then answer every connection still queued with -ESHUTDOWN
+ * rather than closing it unanswered ("no valid answer ... may or may not
+ * have taken effect"), until none has come for 50 ms.
+ */
 void ctl_stop(struct fs *fs)
 {
-	if (fs->ctl_running) {
-		if (write(fs->ctl_wake[1], "x", 1) < 0)
-			fs_log("control socket: wake-up failed");
-		pthread_join(fs->ctl_thread, NULL);
-		fs->ctl_running = false;
-	}
-	if (fs->ctl_fd >= 0)
-		close(fs->ctl_fd);
-	fs->ctl_fd = -1;
-	for (int i = 0; i < 2; i++)
-		if (fs->ctl_wake[i] >= 0)
-			close(fs->ctl_wake[i]);
 	if (fs->ctl_dfd >= 0) {
 		struct stat st;
 
@@ -369,4 +379,27 @@ void ctl_stop(struct fs *fs)
 		close(fs->ctl_dfd);
 		fs->ctl_dfd = -1;
 	}
+	if (fs->ctl_running) {
+		if (write(fs->ctl_wake[1], "x", 1) < 0)
+			fs_log("control socket: wake-up failed");
+		pthread_join(fs->ctl_thread, NULL);
+		fs->ctl_running = false;
+	}
+	if (fs->ctl_fd >= 0) {
+		struct pollfd p = { fs->ctl_fd, POLLIN, 0 };
+
+		while (poll(&p, 1, 50) > 0) {
+			int c = accept4(fs->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+
+			if (c < 0)
+				break;
+			serve_one(fs, c, true);
+			close(c);
+		}
+		close(fs->ctl_fd);
+	}
+	fs->ctl_fd = -1;
+	for (int i = 0; i < 2; i++)
+		if (fs->ctl_wake[i] >= 0)
+			close(fs->ctl_wake[i]);
 }

@@ -177,6 +177,13 @@ static int call_or_open(const char *store, int n, const char **words,
 
 		*local = false;
 		ret = ctl_call(store, n, words, reply);
+		if (ret == -ESHUTDOWN && waited < STORE_WAIT_MS) {
+			/* unmounting: it did not run the request */
+			free(*reply);
+			*reply = NULL;
+			nanosleep(&ts, NULL);
+			continue;
+		}
 		if (ret != -ENOTCONN)
 			return ret;
 		free(*reply);
@@ -600,7 +607,15 @@ static int cmd_umount(int argc, char **argv)
 	if (store[0] && !stale && !store_of_mount(store, mnt))
 		store[0] = 0; /* cannot wait for the daemon to let go */
 	if (getuid() == 0) {
-		ret = umount2(mnt, stale ? MNT_DETACH : 0);
+		/* The daemon itself opens the mount for a moment (the syncfs
+		 * before a snapshot on a --writeback mount): EBUSY for 2 s
+		 * before calling the mount busy. */
+		for (int i = 0;; i++) {
+			ret = umount2(mnt, stale ? MNT_DETACH : 0);
+			if (ret == 0 || errno != EBUSY || stale || i == 20)
+				break;
+			usleep(100000);
+		}
 		if (ret < 0 && errno == EBUSY && !stale) {
 			die_msg("%s is busy: close the files and processes using "
 				"it (e.g. a running postgres) and try again", mnt);

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Mount and unmount behaviours: umount returns only once the daemon has
 # exited and released the store (mount/umount/stats back to back); relative
-# paths, paths with blanks, commas and backslashes; --foreground; -o options; an unmount by fusermount3, a SIGTERM or a
-# SIGQUIT to the daemon ends the daemon and loses nothing (SIGUSR1, SIGUSR2
-# and SIGALRM are ignored); umount of a busy mount
-# neither hangs nor breaks it; umount twice and of a stale mount; a store
-# renamed while mounted keeps being served, and a new store made at its old
-# path is left alone.
+# paths, paths with blanks, commas and backslashes; --foreground; -o
+# options; an unmount by fusermount3, a SIGTERM or a SIGQUIT to the daemon
+# ends the daemon and loses nothing (SIGUSR1, SIGUSR2 and SIGALRM are
+# ignored); umount of a busy mount neither hangs nor breaks it; umount
+# twice and of a stale mount; a store renamed while mounted keeps being
+# served, and a new store made at its old path is left alone; CLI commands
+# racing an umount are each answered or run offline.
 . "$(dirname "$0")/lib.sh"
 
 bfs_setup
@@ -153,6 +154,42 @@ else
 	bfs_same "$H/rand" "$D/before-term"
 	exec 7<&-
 fi
+
+bfs_step "CLI commands racing an umount are each answered, or run offline"
+# (requests queued on the control socket when the daemon stops were closed
+# unanswered: "no valid answer ... may or may not have taken effect"; and
+# umount called the mount busy while the daemon's own syncfs held it)
+bfs_umount "$MNT"
+for round in 1 2 3 4; do
+	# --writeback: snapshot creates then flush the page cache through the
+	# mount, which also makes the daemon hold it open for a moment
+	bfs_mount "$STORE" "$MNT" --writeback
+	for k in 1 2 3 4; do
+		(
+			for i in $(seq 12); do
+				n=r${round}_${k}_$i
+				if "$BRANCHFS" snapshot create -s "$STORE" main "$n" >/dev/null 2>>"$BFS_WORK/race.err"; then
+					echo "$n" >>"$BFS_WORK/race.ok.$k"
+				else
+					echo "$n" >>"$BFS_WORK/race.fail"
+				fi
+			done
+		) &
+	done
+	sleep 0.0$((round * 2))
+	bfs_umount "$MNT"
+	wait
+done
+[ ! -s "$BFS_WORK/race.fail" ] ||
+	bfs_fail "$(wc -l <"$BFS_WORK/race.fail") snapshot creates racing an umount failed: $(sort -u "$BFS_WORK/race.err" | head -3)"
+sort "$BFS_WORK"/race.ok.* >"$BFS_WORK/race.want"
+"$BRANCHFS" snapshot list -s "$STORE" --json |
+	perl -MJSON::PP -e 'print "$_->{name}\n" for grep { $_->{name} =~ /^r\d_/ } @{ JSON::PP->new->decode(do { local $/; <STDIN> }) }' |
+	sort >"$BFS_WORK/race.have"
+cmp -s "$BFS_WORK/race.want" "$BFS_WORK/race.have" ||
+	bfs_fail "acknowledged snapshots and the listing differ: $(diff "$BFS_WORK/race.want" "$BFS_WORK/race.have" | head -5)"
+bfs_log "$(wc -l <"$BFS_WORK/race.want") snapshot creates racing 4 umounts, all answered"
+bfs_mount "$STORE" "$MNT"
 
 bfs_step "-o ro"
 bfs_umount "$MNT"
