@@ -899,12 +899,49 @@ static void op_statfs(fuse_req_t req, fuse_ino_t node)
 	fuse_reply_statfs(req, &v);
 }
 
+/*
+ * POSIX ACLs are not supported: the mount does not ask the kernel to
+ * enforce them (FUSE_CAP_POSIX_ACL would also make the daemon keep the mode
+ * and the ACL in step and inherit default ACLs), so an ACL stored as a
+ * plain xattr would show in ls and getfacl while only the mode bits are
+ * enforced.  Like a file system mounted noacl: EOPNOTSUPP, which makes
+ * cp -a and rsync -A fall back to the mode.
+ */
+static bool posix_acl_name(const char *name)
+{
+	return !strcmp(name, "system.posix_acl_access") ||
+	       !strcmp(name, "system.posix_acl_default");
+}
+
+/* Drop the POSIX ACL names from listxattr's answer @buf of @len bytes. */
+static size_t drop_acl_names(char *buf, size_t len)
+{
+	size_t w = 0;
+
+	for (size_t r = 0; r < len;) {
+		size_t l = strnlen(buf + r, len - r) + 1;
+
+		if (!posix_acl_name(buf + r)) {
+			memmove(buf + w, buf + r, l);
+			w += l;
+		}
+		r += l;
+	}
+	return w;
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t node, const char *name,
 			const char *value, size_t size, int flags)
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get_w(fs, node, &t);
+	int ret;
+
+	if (posix_acl_name(name)) {
+		reply_err(req, -EOPNOTSUPP);
+		return;
+	}
+	ret = node_tree_get_w(fs, node, &t);
 
 	if (ret == 0) {
 		ret = snap_setxattr(t, node_ino(node), name, value, size, flags);
@@ -921,6 +958,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t node, const char *name,
 	char *buf = NULL;
 	ssize_t ret;
 
+	if (posix_acl_name(name)) {
+		reply_err(req, -EOPNOTSUPP);
+		return;
+	}
 	if (node_tree(node) == 0) {
 		reply_err(req, -ENODATA);
 		return;
@@ -958,10 +999,17 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t node, size_t size)
 	}
 	ret = node_tree_get(fs, node, &t);
 	if (ret == 0) {
-		if (size && !(buf = malloc(size)))
+		/* the whole list, to leave out ACL names stored before they
+		 * were refused */
+		ret = snap_listxattr(t, node_ino(node), NULL, 0);
+		if (ret > 0 && !(buf = malloc((size_t)ret)))
 			ret = -ENOMEM;
-		else
-			ret = snap_listxattr(t, node_ino(node), buf, size);
+		else if (ret > 0)
+			ret = snap_listxattr(t, node_ino(node), buf, (size_t)ret);
+		if (ret > 0)
+			ret = (ssize_t)drop_acl_names(buf, (size_t)ret);
+		if (ret > 0 && size && (size_t)ret > size)
+			ret = -ERANGE;
 		snap_tree_put(t);
 	}
 	if (ret < 0)
@@ -977,7 +1025,13 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t node, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct snap_tree *t;
-	int ret = node_tree_get_w(fs, node, &t);
+	int ret;
+
+	if (posix_acl_name(name)) {
+		reply_err(req, -EOPNOTSUPP);
+		return;
+	}
+	ret = node_tree_get_w(fs, node, &t);
 
 	if (ret == 0) {
 		ret = snap_removexattr(t, node_ino(node), name);

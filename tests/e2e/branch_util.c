@@ -91,7 +91,8 @@ static int usage(void)
 {
 	fprintf(stderr,
 		"usage: branch_util rename|link SRC DST | setxattr PATH NAME VALUE |"
-		" getxattr PATH NAME | removexattr PATH NAME | xattrs PATH... |"
+		" getxattr PATH NAME | removexattr PATH NAME | setacl PATH UID |"
+		" xattrs PATH... |"
 		" writer DIR NCOUNTERS NBIG BIGKIB SECONDS |"
 		" check DIR NCOUNTERS NBIG BIGKIB\n");
 	return 2;
@@ -399,6 +400,29 @@ int main(int argc, char **argv)
 	if (!strcmp(op, "setxattr") && argc == 5)
 		return outcome(lsetxattr(argv[2], argv[3], argv[4],
 					 strlen(argv[4]), 0));
+	if (!strcmp(op, "setacl") && argc == 4) {
+		/* system.posix_acl_access (the kernel's xattr form, version
+		 * 2): user::rw- user:UID:--- group::r-- mask::r-- other::r-- */
+		static const struct {
+			uint16_t tag, perm;
+			uint32_t id;
+		} e[] = { { 0x01, 6, 0 }, { 0x02, 0, 0 }, { 0x04, 4, 0 },
+			  { 0x10, 4, 0 }, { 0x20, 4, 0 } };
+		unsigned char v[4 + sizeof(e)];
+		uint32_t ver = 2;
+
+		memcpy(v, &ver, 4);
+		for (size_t i = 0; i < sizeof(e) / sizeof(e[0]); i++) {
+			uint32_t id = e[i].tag == 0x02 ?
+				(uint32_t)strtoul(argv[3], NULL, 10) : 0xffffffffu;
+
+			memcpy(v + 4 + 8 * i, &e[i].tag, 2);
+			memcpy(v + 6 + 8 * i, &e[i].perm, 2);
+			memcpy(v + 8 + 8 * i, &id, 4);
+		}
+		return outcome(lsetxattr(argv[2], "system.posix_acl_access", v,
+					 sizeof(v), 0));
+	}
 	if (!strcmp(op, "removexattr") && argc == 4)
 		return outcome(lremovexattr(argv[2], argv[3]));
 	if (!strcmp(op, "getxattr") && argc == 4) {

@@ -2,7 +2,8 @@
 # Permissions as a second, unprivileged user (nobody) on a mount made by
 # root: the default options are allow_other,default_permissions, files get
 # the caller's uid/gid, setgid directories pass their group on, the sticky
-# bit protects other users' files, and EACCES/EPERM where POSIX says so.
+# bit protects other users' files, and EACCES/EPERM where POSIX says so;
+# POSIX ACLs are refused with EOPNOTSUPP (not stored and left unenforced).
 . "$(dirname "$0")/lib.sh"
 
 command -v setpriv >/dev/null || bfs_skip "setpriv (util-linux) missing"
@@ -129,6 +130,22 @@ as_nobody sh -ec "
 [ "$(stat -c %U "$D/own/f")" = nobody ] || bfs_fail "owner of nobody's file"
 [ "$(cat "$D/own/f")" = data ] || bfs_fail "root cannot read nobody's 0600 file"
 denied "Permission denied" as 12345 12345 ls "$D/own"
+
+bfs_step "POSIX ACLs are refused (EOPNOTSUPP), never stored and left unenforced"
+UTIL=$BFS_E2E_BIN/branch_util
+echo acl >"$D/aclf"
+chmod 644 "$D/aclf"
+r=$("$UTIL" setacl "$D/aclf" "$NOBODY_UID")
+[ "$r" = ENOTSUP ] || bfs_fail "setting an ACL that denies nobody: want ENOTSUP, got $r"
+r=$("$UTIL" getxattr "$D/aclf" system.posix_acl_access)
+[ "$r" = ENOTSUP ] || bfs_fail "getxattr system.posix_acl_access: want ENOTSUP, got $r"
+[ "$(as_nobody cat "$D/aclf")" = acl ] || bfs_fail "nobody cannot read a 0644 file"
+case $(stat -c %A "$D/aclf") in *+) bfs_fail "ls shows an ACL on $D/aclf" ;; esac
+# cp -a of a plain file keeps its mode and adds no ACL
+install -m 640 /dev/null "$BFS_WORK/plain640"
+cp -a "$BFS_WORK/plain640" "$D/copied" || bfs_fail "cp -a of a plain file onto the mount"
+[ "$(stat -c %a "$D/copied")" = 640 ] || bfs_fail "cp -a: mode $(stat -c %a "$D/copied"), want 640"
+"$UTIL" xattrs "$D/copied" | grep -q posix_acl && bfs_fail "cp -a stored an ACL: $("$UTIL" xattrs "$D/copied")"
 
 bfs_step "ownership survives a remount"
 bfs_umount "$MNT"
