@@ -1461,18 +1461,27 @@ static int cmd_check(int argc, char **argv)
 		return 1;
 	}
 	if (ret < 0) {
-		if (o.json)
-			printf("]}\n");
+		char msg[PATH_MAX + 256];
+
 		if (ret == -EBUSY && ctl_serving(store))
-			die_msg("store %s is mounted: check works on an "
-				"unmounted store only (branchfs umount MNT first)",
-				store);
+			snprintf(msg, sizeof(msg), "store %s is mounted: check "
+				 "works on an unmounted store only (branchfs "
+				 "umount MNT first)", store);
 		else if (ret == -EBUSY)
-			die_msg("store %s is in use by another branchfs command "
-				"(waited %d s): check works on an unmounted, idle "
-				"store only", store, STORE_WAIT_MS / 1000);
+			snprintf(msg, sizeof(msg), "store %s is in use by "
+				 "another branchfs command (waited %d s): check "
+				 "works on an unmounted, idle store only", store,
+				 STORE_WAIT_MS / 1000);
 		else
-			die_msg("cannot open store %s: %s", store, open_error(ret));
+			snprintf(msg, sizeof(msg), "cannot open store %s: %s",
+				 store, open_error(ret));
+		/* not checked: "clean" is null, not true or false */
+		if (o.json) {
+			printf("], \"clean\": null, \"error\": ");
+			json_str(msg);
+			printf("}\n");
+		}
+		die_msg("%s", msg);
 		return 2;
 	}
 	ret = snap_check(s, flags, check_report, check_progress, &o, &st);
@@ -1594,7 +1603,8 @@ static const struct cli_cmd cmds[] = {
 	  "what it cannot (missing or corrupt data is never dropped). --json\n"
 	  "prints one object {clean, problems[{kind, branch, path, detail}],\n"
 	  "repaired, counts}. Exit 0 clean, 1 problems remain, 2 the store\n"
-	  "cannot be checked (mounted, not a store). Progress on a terminal." },
+	  "cannot be checked (mounted, not a store; --json: {clean: null,\n"
+	  "error}). Progress on a terminal." },
 	{ "version", cmd_version, "version", "Print the version." },
 	{ "help", cmd_help, "help [COMMAND]", "Show help." },
 };

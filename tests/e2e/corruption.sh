@@ -112,4 +112,11 @@ bfs_umount "$MNT"
 bfs_step "check refuses a mounted store"
 bfs_mount "$STORE" "$MNT"
 bfs_expect_fail 2 "$BRANCHFS" check "$STORE"
+# --json says it was not checked ("clean": null), not "no problems"
+bfs_expect_fail 2 "$BRANCHFS" check --json "$STORE"
+bfs_json_valid <<<"$BFS_OUT" || bfs_fail "check --json of a mounted store is not JSON: $BFS_OUT"
+perl -MJSON::PP -e '
+	my $j = JSON::PP->new->decode(do { local $/; <STDIN> });
+	exit(exists $j->{clean} && !defined $j->{clean} && $j->{error} =~ /is mounted/ ? 0 : 1);
+' <<<"$BFS_OUT" || bfs_fail "check --json of a mounted store: $BFS_OUT"
 bfs_umount "$MNT"
