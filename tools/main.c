@@ -239,6 +239,7 @@ static int cmd_init(int argc, char **argv)
 
 static int find_mount(const char *mnt, char *store, size_t size,
 		      long *owner);
+static int find_mount_above(const char *path, char *mp, size_t size);
 
 /*
  * Open @store (mount, check).  An offline command that holds it for a
@@ -290,6 +291,9 @@ static int cmd_mount(int argc, char **argv)
 			opts = argv[++i];
 		} else if (!strncmp(argv[i], "-o", 2) && argv[i][2]) {
 			opts = argv[i] + 2;
+		} else if (!strcmp(argv[i], "-o")) {
+			die_msg("mount: -o needs a value (e.g. -o ro)");
+			return usage_err("mount");
 		} else if (argv[i][0] == '-') {
 			die_msg("mount: unknown option %s", argv[i]);
 			return usage_err("mount");
@@ -325,6 +329,13 @@ static int cmd_mount(int argc, char **argv)
 
 		if (find_mount(mnt, other, sizeof(other), NULL) > 0) {
 			die_msg("%s is already a branchfs mount (of %s)", mnt,
+				other);
+			return 1;
+		}
+		/* on top of a branch, it would hide it from everyone */
+		if (find_mount_above(mnt, other, sizeof(other)) > 0) {
+			die_msg("cannot mount on %s: it is inside the branchfs "
+				"mount %s (use a directory outside it)", mnt,
 				other);
 			return 1;
 		}
@@ -470,9 +481,11 @@ static void mountinfo_unescape(char *s)
 	*w = '\0';
 }
 
-/* Find @mnt in /proc/self/mountinfo: store path in @store, the uid that
- * mounted it in *@owner (-1 unknown).  1 found. */
-static int find_mount(const char *mnt, char *store, size_t size, long *owner)
+/* Find branchfs mount @mnt in /proc/self/mountinfo (@above: the last one
+ * at @mnt or at a directory above it, its mountpoint in @mpout): store path
+ * in @store, the uid that mounted it in *@owner (-1 unknown).  1 found. */
+static int scan_mounts(const char *mnt, bool above, char *mpout,
+		       char *store, size_t size, long *owner)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	char line[8192];
@@ -492,12 +505,14 @@ static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 			continue;
 		mountinfo_unescape(mp);
 		mountinfo_unescape(src);
-		if (strcmp(mp, mnt) || strcmp(fstype, "fuse.branchfs"))
+		if ((above ? !path_within(mnt, mp) : strcmp(mp, mnt) != 0) ||
+		    strcmp(fstype, "fuse.branchfs"))
 			continue;
-		if (!strncmp(src, "branchfs:", 9))
-			snprintf(store, size, "%s", src + 9);
-		else
-			store[0] = 0;
+		if (mpout)
+			snprintf(mpout, size, "%s", mp);
+		if (store)
+			snprintf(store, size, "%s",
+				 strncmp(src, "branchfs:", 9) ? "" : src + 9);
 		if (owner) { /* in the super options, after the source */
 			const char *so = strchr(dash + 3, ' ');
 			const char *u = so ? strchr(so + 1, ' ') : NULL;
@@ -509,6 +524,17 @@ static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 	}
 	fclose(f);
 	return found;
+}
+
+static int find_mount(const char *mnt, char *store, size_t size, long *owner)
+{
+	return scan_mounts(mnt, false, NULL, store, size, owner);
+}
+
+/* A branchfs mount whose tree holds @path: its mountpoint in @mp. */
+static int find_mount_above(const char *path, char *mp, size_t size)
+{
+	return scan_mounts(path, true, mp, NULL, size, NULL);
 }
 
 /* Absolute, normalised form of @path without following the last part

@@ -122,6 +122,20 @@ unchanged "$S" "$before"
 echo more >"$M/main/more"
 [ "$(cat "$M/main/more")" = more ] || bfs_fail "first mount not writable after the second attempt"
 
+bfs_step "a mount inside a branchfs mount (over a branch, or below it)"
+bfs_init "$BFS_WORK/s2"
+mkdir "$M/main/sub"
+for m in "$M/main" "$M/main/sub"; do
+	bfs_expect_fail 1 "$BRANCHFS" mount "$BFS_WORK/s2" "$m"
+	prefixed
+	grep -q "inside the branchfs mount" <<<"$BFS_ERR" || bfs_fail "mount on $m: $BFS_ERR"
+	not_mounted "$m"
+done
+[ "$(cat "$M/main/data")" = precious ] || bfs_fail "main hidden by a mount inside it"
+rmdir "$M/main/sub"
+bfs_expect_fail 2 "$BRANCHFS" mount "$BFS_WORK/s2" "$BFS_WORK/mnt2" -o
+grep -q -- "-o needs a value" <<<"$BFS_ERR" || bfs_fail "mount ... -o without a value: $BFS_ERR"
+
 bfs_step "init of a store in use"
 sync "$M/main/more" "$M/main"
 before=$(snap "$S")
