@@ -72,6 +72,7 @@ bool ctl_serving(const char *store)
 
 int ctl_timeout_s(void)
 {
+	static bool warned;
 	const char *v = getenv("BRANCHFS_TIMEOUT");
 	char *end;
 	long t;
@@ -81,6 +82,10 @@ int ctl_timeout_s(void)
 		t = strtol(v, &end, 10);
 		if (!*end && !errno && t > 0 && t <= 86400)
 			return (int)t;
+		if (!warned)
+			fprintf(stderr, "branchfs: ignoring BRANCHFS_TIMEOUT=%s "
+				"(want 1 to 86400 seconds): waiting 120 s\n", v);
+		warned = true;
 	}
 	return 120;
 }

@@ -235,6 +235,14 @@ static int cmd_init(int argc, char **argv)
 	return 0;
 }
 
+/* $BRANCHFS_STORE, if set to something (empty counts as unset) */
+static const char *env_store(void)
+{
+	const char *v = getenv("BRANCHFS_STORE");
+
+	return v && *v ? v : NULL;
+}
+
 /* ---- mount ---------------------------------------------------------------- */
 
 static int find_mount(const char *mnt, char *store, size_t size,
@@ -710,7 +718,7 @@ static int cmd_stats(int argc, char **argv)
 			store = argv[i];
 	}
 	if (!store)
-		store = getenv("BRANCHFS_STORE");
+		store = env_store();
 	if (!store)
 		return usage_err("stats");
 	if (!check_store(store))
@@ -857,12 +865,30 @@ static int parse_bargs(int argc, char **argv, unsigned allow, const char *what,
 		}
 	}
 	if (!a->store)
-		a->store = getenv("BRANCHFS_STORE");
+		a->store = env_store();
 	if (!a->store) {
 		die_msg("no store given: use -s STORE or set BRANCHFS_STORE");
 		return -1;
 	}
 	return 0;
+}
+
+static unsigned sub_opts(const char *cmd, const char *sub);
+
+/* Whether @sub is a subcommand of @cmd; if not, say why (the usage
+ * follows). */
+static bool known_sub(const char *cmd, const char *sub)
+{
+	if (sub_opts(cmd, sub) != ~0u)
+		return true;
+	if (!*sub)
+		die_msg("%s: a subcommand is missing", cmd);
+	else if (sub[0] == '-')
+		die_msg("%s: the subcommand comes first (branchfs %s "
+			"SUBCOMMAND ... %s)", cmd, cmd, sub);
+	else
+		die_msg("%s: unknown subcommand '%s'", cmd, sub);
+	return false;
 }
 
 /* The options of "@cmd @sub"; every option for an unknown @sub (its usage
@@ -1241,6 +1267,8 @@ static int cmd_snapshot(int argc, char **argv)
 	int ret = 1;
 	double t0 = now_ms();
 
+	if (!known_sub("snapshot", sub))
+		return usage_err("snapshot");
 	snprintf(what, sizeof(what), "snapshot %.20s", sub);
 	if (parse_bargs(argc - 1, argv + 1, sub_opts("snapshot", sub), what,
 			&a) < 0)
@@ -1281,6 +1309,8 @@ static int cmd_branch(int argc, char **argv)
 	const char *sub = argc > 1 ? argv[1] : "";
 	int ret = 1;
 
+	if (!known_sub("branch", sub))
+		return usage_err("branch");
 	snprintf(what, sizeof(what), "branch %.20s", sub);
 	if (parse_bargs(argc - 1, argv + 1, sub_opts("branch", sub), what,
 			&a) < 0)
@@ -1295,6 +1325,8 @@ static int cmd_branch(int argc, char **argv)
 		if (request(a.store, 3, w, &reply) == 0)
 			ret = print_created("branch", a.pos[0], reply, a.json,
 					    now_ms() - t0);
+		else if (!a.from && reply && strstr(reply, "'main' does not exist"))
+			die_msg("(without --from, a branch is made from main)");
 	} else if (!strcmp(sub, "list") && a.npos == 0) {
 		const char *w[] = { "branch-list" };
 
@@ -1454,7 +1486,7 @@ static int cmd_check(int argc, char **argv)
 			store = argv[i];
 	}
 	if (!store)
-		store = getenv("BRANCHFS_STORE");
+		store = env_store();
 	if (!store) {
 		die_msg("no store given: use check STORE, -s STORE or set "
 			"BRANCHFS_STORE");
@@ -1605,7 +1637,7 @@ static const struct cli_cmd cmds[] = {
 	  "even while postgres writes; --checkpoint runs CHECKPOINT through psql\n"
 	  "first. The store is -s STORE or $BRANCHFS_STORE; mounted or not." },
 	{ "branch", cmd_branch,
-	  "branch create NAME [--from BRANCH|SNAPSHOT] [--checkpoint PGURL] | list | delete NAME [--force] | reset NAME [--to SNAPSHOT] [--force] | rename OLD NEW  [-s STORE] [--json]",
+	  "branch create NAME [--from BRANCH|SNAPSHOT] [--checkpoint PGURL] | list | delete NAME [--force] | reset NAME [--to SNAPSHOT] [--force] | rename OLD NEW [--force]  [-s STORE] [--json]",
 	  "Branches are writable trees, MNT/NAME. 'create' is instant; from a\n"
 	  "branch (default main) it snapshots that instant implicitly. 'delete'\n"
 	  "refuses while files are open unless --force; its space comes back in\n"
@@ -1704,8 +1736,10 @@ int main(int argc, char **argv)
 	 * that stopped reading (EPIPE: "| head", "| grep -q") is not */
 	errno = 0;
 	if ((fflush(stdout) != 0 || ferror(stdout)) && errno != EPIPE) {
-		die_msg("cannot write the output%s%s", errno ? ": " : "",
-			errno ? strerror(errno) : "");
+		die_msg("cannot write the output%s%s%s", errno ? ": " : "",
+			errno ? strerror(errno) : "",
+			ret == 0 && c->fn != cmd_check ?
+			" (the command itself succeeded)" : "");
 		return c->fn == cmd_check ? 2 : ret ? ret : 1;
 	}
 	return ret;

@@ -169,6 +169,25 @@ bfs_expect_fail 2 "$BRANCHFS" stats "$S" --no-such-option
 bfs_expect_fail 2 "$BRANCHFS" init ""
 bfs_expect_fail 2 "$BRANCHFS" mount "$S" "$M" -o
 not_mounted "$M"
+# each says why, not only the usage
+says2() { # WANT CMD...: exit 2 and WANT in the message
+	local want=$1
+	shift
+	bfs_expect_fail 2 "$@"
+	grep -qF -- "$want" <<<"$BFS_ERR" || bfs_fail "'$*' said: $BFS_ERR (want: $want)"
+}
+says2 "unknown subcommand 'nosuch'" "$BRANCHFS" branch nosuch
+says2 "unknown subcommand 'nosuch'" "$BRANCHFS" snapshot nosuch -s "$S"
+says2 "a subcommand is missing" "$BRANCHFS" branch
+says2 "the subcommand comes first" "$BRANCHFS" branch -s "$S" list
+says2 "no store given" env BRANCHFS_STORE= "$BRANCHFS" branch list
+BRANCHFS_TIMEOUT=abc "$BRANCHFS" branch list -s "$S" 2>&1 >/dev/null | grep -q "ignoring BRANCHFS_TIMEOUT=abc" ||
+	bfs_fail "a bad BRANCHFS_TIMEOUT is not named"
+# main renamed: branch create without --from says where it looked
+bfs_init "$BFS_WORK/s3"
+"$BRANCHFS" branch rename -s "$BFS_WORK/s3" main prod >/dev/null || bfs_fail "rename main prod"
+bfs_expect_fail 1 "$BRANCHFS" branch create -s "$BFS_WORK/s3" x
+grep -q "without --from, a branch is made from main" <<<"$BFS_ERR" || bfs_fail "branch create with main gone: $BFS_ERR"
 
 bfs_step "--help on each subcommand"
 for c in init mount umount stats version; do
