@@ -6,6 +6,7 @@
  * 2 usage error.  Only `mount` reaches into fs/; everything else works
  * through snap/ (store not mounted) or the control socket (mounted).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -583,16 +584,19 @@ static int wait_unlocked(const char *store, int secs)
 	fd = open(lp, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
-	for (int i = 0; i < secs * 50; i++) {
+	for (int i = 0;; i++) {
 		if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
 			close(fd);
 			return 0;
 		}
+		if (i >= secs * 50)
+			break;
 		usleep(20000);
 	}
 	close(fd);
 	return -ETIMEDOUT;
 }
+
 
 /*
  * Whether the store at @store (the mount's source in mountinfo) may be the
@@ -612,6 +616,91 @@ static bool store_of_mount(const char *store, const char *mnt)
 		ours = false;
 	free(reply);
 	return ours;
+}
+
+/* Whether /proc/PID/@what (a link: cwd, root, fd/N) points under @mnt. */
+static bool proc_link_within(const char *pid, const char *what,
+			     const char *mnt)
+{
+	char p[64 + NAME_MAX], t[PATH_MAX];
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "/proc/%s/%s", pid, what);
+	n = readlink(p, t, sizeof(t) - 1);
+	if (n <= 0)
+		return false;
+	t[n] = '\0';
+	return path_within(t, mnt);
+}
+
+/*
+ * The processes with a working directory, root or open file under @mnt:
+ * "PID (NAME), ..." (at most 5 named) in @buf; returns how many.
+ */
+static int mount_users(const char *mnt, char *buf, size_t size)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	size_t len = 0;
+	int n = 0;
+
+	buf[0] = '\0';
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		char fdp[64 + NAME_MAX], comm[64] = "?";
+		bool uses = false;
+		DIR *fds;
+		FILE *f;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9' ||
+		    atoi(de->d_name) == getpid())
+			continue;
+		uses = proc_link_within(de->d_name, "cwd", mnt) ||
+		       proc_link_within(de->d_name, "root", mnt);
+		snprintf(fdp, sizeof(fdp), "/proc/%s/fd", de->d_name);
+		fds = uses ? NULL : opendir(fdp);
+		for (struct dirent *fe; fds && !uses && (fe = readdir(fds));) {
+			char w[16 + NAME_MAX];
+
+			snprintf(w, sizeof(w), "fd/%s", fe->d_name);
+			uses = fe->d_name[0] != '.' &&
+			       proc_link_within(de->d_name, w, mnt);
+		}
+		if (fds)
+			closedir(fds);
+		if (!uses)
+			continue;
+		snprintf(fdp, sizeof(fdp), "/proc/%s/comm", de->d_name);
+		if ((f = fopen(fdp, "re"))) {
+			if (fgets(comm, sizeof(comm), f))
+				comm[strcspn(comm, "\n")] = '\0';
+			fclose(f);
+		}
+		if (n < 5 && len < size)
+			len += (size_t)snprintf(buf + len, size - len, "%s%s (%s)",
+						n ? ", " : "", de->d_name, comm);
+		n++;
+	}
+	closedir(d);
+	if (n > 5 && len < size)
+		snprintf(buf + len, size - len, " and %d more", n - 5);
+	return n;
+}
+
+/* Before a stale mount is detached: name the processes still in it. */
+static void warn_stale_users(const char *mnt)
+{
+	char users[512];
+
+	/* they keep the dead mount, detached, for as long as they run: a
+	 * postgres there can neither stop cleanly nor let a new one start on
+	 * the remounted data directory */
+	if (mount_users(mnt, users, sizeof(users)) > 0)
+		fprintf(stderr, "branchfs: warning: still in use by %s: they "
+			"keep the dead mount; stop them (a postgres there: kill "
+			"it, its data directory recovers on the next start)\n",
+			users);
 }
 
 static int cmd_umount(int argc, char **argv)
@@ -638,6 +727,8 @@ static int cmd_umount(int argc, char **argv)
 		return 1;
 	}
 	stale = stat(mnt, &st) < 0 && errno == ENOTCONN;
+	if (stale)
+		warn_stale_users(mnt);
 	if (store[0] && !stale && !store_of_mount(store, mnt))
 		store[0] = 0; /* cannot wait for the daemon to let go */
 	if (getuid() == 0) {
@@ -650,9 +741,29 @@ static int cmd_umount(int argc, char **argv)
 				break;
 			usleep(100000);
 		}
+		/* Busy, with no daemon holding the store: a dead daemon
+		 * whose root the kernel still had cached (stat did not say
+		 * ENOTCONN), and processes inside its mount. */
+		if (ret < 0 && errno == EBUSY && !stale && store[0]) {
+			if (wait_unlocked(store, 0) == 0) {
+				stale = true;
+				warn_stale_users(mnt);
+				ret = umount2(mnt, MNT_DETACH);
+			} else {
+				errno = EBUSY;
+			}
+		}
 		if (ret < 0 && errno == EBUSY && !stale) {
-			die_msg("%s is busy: close the files and processes using "
-				"it (e.g. a running postgres) and try again", mnt);
+			char users[512];
+
+			if (mount_users(mnt, users, sizeof(users)) > 0)
+				die_msg("%s is busy: in use by %s; stop them (e.g. "
+					"a running postgres) and try again", mnt,
+					users);
+			else
+				die_msg("%s is busy: close the files and "
+					"processes using it (e.g. a running "
+					"postgres) and try again", mnt);
 			return 1;
 		}
 		if (ret < 0) {

@@ -150,6 +150,7 @@ if [ $rc = 0 ]; then
 else
 	bfs_log "umount of a busy mount refused ($rc): $(cat "$BFS_WORK/busy.err")"
 	[ -s "$BFS_WORK/busy.err" ] || bfs_fail "busy umount failed silently"
+	grep -qE "in use by (.*, )?$$ \(bash\)" "$BFS_WORK/busy.err" || bfs_fail "busy umount does not name the process: $(cat "$BFS_WORK/busy.err")"
 	cmp - "$H/rand" <&7 || bfs_fail "open file unreadable after a refused umount"
 	bfs_same "$H/rand" "$D/before-term"
 	exec 7<&-
@@ -199,12 +200,24 @@ grep -q "Read-only file system" <<<"$out" || bfs_fail "write on -o ro said '$out
 bfs_same "$H/rand" "$D/before-term"
 bfs_umount "$MNT"
 
-bfs_step "umount of a stale mount, twice"
+bfs_step "umount of a stale mount, twice; it names the processes still in it"
 bfs_mount "$STORE" "$MNT"
 pid=$(bfs_daemon_pid "$STORE")
+(cd "$D" && exec sleep 300) &
+sleeper=$!
+for _ in $(seq 100); do
+	[ "$(readlink "/proc/$sleeper/cwd")" = "$D" ] && break
+	sleep 0.05
+done
+[ "$(readlink "/proc/$sleeper/cwd")" = "$D" ] || bfs_fail "the sleeper did not enter $D"
 kill -KILL "$pid"
 bfs_wait_gone "$pid" 20 || bfs_fail "daemon survived SIGKILL"
-bfs_umount "$MNT"
+"$BRANCHFS" umount "$MNT" 2>"$BFS_WORK/stale.err" || bfs_fail "umount of a stale mount: $(cat "$BFS_WORK/stale.err")"
+unset "BFS_MNT_STORE[$MNT]"
+kill "$sleeper" 2>/dev/null || true
+wait "$sleeper" 2>/dev/null || true
+grep -q "warning: still in use by $sleeper (sleep)" "$BFS_WORK/stale.err" ||
+	bfs_fail "umount of a stale mount does not name the process in it: $(cat "$BFS_WORK/stale.err")"
 bfs_expect_fail any "$BRANCHFS" umount "$MNT"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
