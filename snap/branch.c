@@ -330,6 +330,10 @@ static int check_new_name(struct snap *s, const char *name)
 
 	if (ret < 0)
 		return ret;
+	/* what listings show for a deleted parent or snapshot (a store may
+	 * hold one made before this rule: snap_name_check() allows it) */
+	if (strcmp(name, "(deleted)") == 0)
+		return -EINVAL;
 	return by_name(s, name) ? -EEXIST : 0;
 }
 

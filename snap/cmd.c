@@ -337,8 +337,8 @@ static void reply_err(struct out *o, int ret, const char *what,
 		break;
 	case -EINVAL:
 		outf(o, "invalid name '%s' (names must be valid UTF-8 and may "
-			"not be empty, start with '.' or '-', or contain '/' or "
-			"control characters)\n",
+			"not be empty, start with '.' or '-', contain '/' or "
+			"control characters, or be '(deleted)')\n",
 		     name);
 		break;
 	case -ENAMETOOLONG:

@@ -10,7 +10,7 @@
 #     (also after gc and a remount);
 #   - delete and reset refused while a file is open, allowed with --force,
 #     and the daemon survives reads and writes on the orphaned descriptor;
-#   - bad names (/, .., empty, 201 bytes, control characters, leading - or
+#   - bad names (/, .., empty, 201 bytes, control characters, (deleted), leading - or
 #     .) and unknown names: non-zero exit, message on stderr, nothing made;
 #   - --json of every listing parses; delete, reset and rename confirm
 #     what they did (text and --json);
@@ -218,7 +218,7 @@ exec 3<&-
 bfs_step "bad names"
 BEFORE_TOP=$(top) BEFORE_SNAPS=$(snaps)
 long=$(printf 'x%.0s' $(seq 1 201))
-bad_names=("a/b" "/" ".." "." "" "$long" $'tab\tname' $'new\nline' $'bell\x07' $'esc\x1b[0m' $'del\x7f' "-lead" ".hidden" ".snapshots")
+bad_names=("a/b" "/" ".." "." "" "$long" $'tab\tname' $'new\nline' $'bell\x07' $'esc\x1b[0m' $'del\x7f' "-lead" ".hidden" ".snapshots" "(deleted)")
 for n in "${bad_names[@]}"; do
 	bfs_expect_fail any "$BRANCHFS" branch create "$n"
 	bfs_expect_fail any "$BRANCHFS" snapshot create main "$n"
