@@ -3579,14 +3579,19 @@ static void test_command(void **state)
 		"snapshot-create", "nope", "s9");
 	CMD_ERR(e, -EINVAL,
 		"invalid name 'a/b' (names must be valid UTF-8 and may not be "
-		"empty, start with '.' or '-', or contain '/' or control "
-		"characters)\n",
+		"empty, start with '.' or '-', contain '/' or control "
+		"characters, or be '(deleted)')\n",
 		"branch-create", "a/b");
 	CMD_ERR(e, -EINVAL,
 		"invalid name '.x' (names must be valid UTF-8 and may not be "
-		"empty, start with '.' or '-', or contain '/' or control "
-		"characters)\n",
+		"empty, start with '.' or '-', contain '/' or control "
+		"characters, or be '(deleted)')\n",
 		"snapshot-create", "main", ".x");
+	CMD_ERR(e, -EINVAL,
+		"invalid name '(deleted)' (names must be valid UTF-8 and may not "
+		"be empty, start with '.' or '-', contain '/' or control "
+		"characters, or be '(deleted)')\n",
+		"snapshot-create", "main", "(deleted)");
 	CMD_ERR(e, -ENAMETOOLONG, "name too long (at most 200 bytes)\n",
 		"branch-create", n201);
 
@@ -3881,8 +3886,8 @@ static void test_command_error_names(void **state)
 	/* the new name of a rename is the one that is invalid */
 	cmd_expect(e, log, sizeof(log), -EINVAL,
 		   "invalid name 'a/b' (names must be valid UTF-8 and may not "
-		   "be empty, start with '.' or '-', or contain '/' or control "
-		   "characters)\n",
+		   "be empty, start with '.' or '-', contain '/' or control "
+		   "characters, or be '(deleted)')\n",
 		   "branch-rename", "b1", "a/b");
 	if (log[0])
 		fail_msg("error replies name the wrong object:%s", log);
