@@ -210,7 +210,7 @@ static void write_full(int fd, const void *buf, size_t n)
  */
 static void serve_one(struct fs *fs, int c, bool closing)
 {
-	long ms = closing ? 200 : 5000;
+	long ms = closing ? 200 : 5000; /* to read the request */
 	struct reply r = { 0 };
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
@@ -230,6 +230,20 @@ static void serve_one(struct fs *fs, int c, bool closing)
 		goto reply;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (closing) {
+		/* read what came (so that closing does not reset the
+		 * connection under the reply), whatever it is: not run */
+		if (read_full(c, hdr, 4, &start, ms) == 0) {
+			n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+			    ((uint32_t)hdr[2] << 8) | hdr[3];
+			req = n && n <= CTL_MAX_REQUEST ? malloc(n) : NULL;
+			if (req)
+				read_full(c, req, n, &start, ms);
+		}
+		rprintf(&r, "the daemon is unmounting: request not run\n");
+		status = -ESHUTDOWN;
+		goto reply;
+	}
 	if (read_full(c, hdr, 4, &start, ms) < 0) {
 		status = -EPROTO;
 		goto out; /* nothing to answer */
@@ -252,11 +266,6 @@ static void serve_one(struct fs *fs, int c, bool closing)
 		goto reply;
 	}
 	req[n] = 0;
-	if (closing) {
-		rprintf(&r, "the daemon is unmounting: request not run\n");
-		status = -ESHUTDOWN;
-		goto reply;
-	}
 	for (size_t i = 0; i < n && argc < CTL_MAX_WORDS;) {
 		argv[argc++] = req + i;
 		i += strlen(req + i) + 1;

@@ -919,8 +919,11 @@ static size_t drop_acl_names(char *buf, size_t len)
 	size_t w = 0;
 
 	for (size_t r = 0; r < len;) {
-		size_t l = strnlen(buf + r, len - r) + 1;
+		size_t l = strnlen(buf + r, len - r);
 
+		if (r + l == len) /* no NUL: not a name */
+			break;
+		l++;
 		if (!posix_acl_name(buf + r)) {
 			memmove(buf + w, buf + r, l);
 			w += l;
@@ -999,13 +1002,13 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t node, size_t size)
 	}
 	ret = node_tree_get(fs, node, &t);
 	if (ret == 0) {
-		/* the whole list, to leave out ACL names stored before they
-		 * were refused */
-		ret = snap_listxattr(t, node_ino(node), NULL, 0);
-		if (ret > 0 && !(buf = malloc((size_t)ret)))
+		/* the whole list (at most 64 KiB: snap's XATTR_NAMES_MAX),
+		 * to leave out ACL names stored before they were refused */
+		if (!(buf = malloc(XATTR_LIST_MAX)))
 			ret = -ENOMEM;
-		else if (ret > 0)
-			ret = snap_listxattr(t, node_ino(node), buf, (size_t)ret);
+		else
+			ret = snap_listxattr(t, node_ino(node), buf,
+					     XATTR_LIST_MAX);
 		if (ret > 0)
 			ret = (ssize_t)drop_acl_names(buf, (size_t)ret);
 		if (ret > 0 && size && (size_t)ret > size)
@@ -1199,8 +1202,7 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	struct fuse_loop_config *cfg;
 	struct fuse_session *se;
 	struct fs fs;
-	char optbuf[3 * PATH_MAX], store[2 * PATH_MAX];
-	size_t n = 0;
+	char *mopts = NULL, *fsname = NULL;
 	int ret, ready_fd = o->ready_fd;
 
 	memset(&fs, 0, sizeof(fs));
@@ -1213,20 +1215,15 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	pthread_mutex_init(&fs.fh_lock, NULL);
 	fs.next_fh = 1;
 
-	/* libfuse splits -o at commas: escape the store path's ones */
-	for (const char *p = o->store; *p && n < sizeof(store) - 2; p++) {
-		if (*p == ',' || *p == '\\')
-			store[n++] = '\\';
-		store[n++] = *p;
-	}
-	store[n] = '\0';
-	snprintf(optbuf, sizeof(optbuf),
-		 "fsname=branchfs:%s,subtype=branchfs,default_permissions%s%s%s",
-		 store, getuid() == 0 ? ",allow_other" : "",
-		 o->options && *o->options ? "," : "",
-		 o->options ? o->options : "");
-	if (fuse_opt_add_arg(&args, "branchfs") || fuse_opt_add_arg(&args, "-o") ||
-	    fuse_opt_add_arg(&args, optbuf) ||
+	/* libfuse splits -o at commas: the store path's are escaped */
+	if (asprintf(&fsname, "fsname=branchfs:%s", o->store) < 0)
+		fsname = NULL;
+	if (!fsname || fuse_opt_add_opt_escaped(&mopts, fsname) ||
+	    fuse_opt_add_opt(&mopts, "subtype=branchfs,default_permissions") ||
+	    (getuid() == 0 && fuse_opt_add_opt(&mopts, "allow_other")) ||
+	    (o->options && *o->options && fuse_opt_add_opt(&mopts, o->options)) ||
+	    fuse_opt_add_arg(&args, "branchfs") || fuse_opt_add_arg(&args, "-o") ||
+	    fuse_opt_add_arg(&args, mopts) ||
 	    (o->debug && fuse_opt_add_arg(&args, "-d"))) {
 		ret = -ENOMEM;
 		goto out_args;
@@ -1276,6 +1273,8 @@ out_session:
 	fuse_session_destroy(se);
 out_args:
 	fuse_opt_free_args(&args);
+	free(mopts);
+	free(fsname);
 	if (ret < 0)
 		ready(&ready_fd, -ret);
 	fh_table_free(&fs);

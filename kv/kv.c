@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,64 @@ static const char *const cf_names[KV_CF_COUNT] = {
 
 /* ---- logging and error translation ----------------------------------- */
 
+/*
+ * Databases opened through another path than their own (kv_open_named:
+ * /proc/self/fd/N/db): RocksDB's messages name that path, and kv_log puts
+ * the database's own name in its place.
+ */
+static struct {
+	char from[64];
+	char to[PATH_MAX];
+} aliases[8];
+static pthread_mutex_t alias_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_bool aliases_used;
+
+static void alias_set(const char *from, const char *to)
+{
+	pthread_mutex_lock(&alias_lock);
+	for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++) {
+		if (to && !aliases[i].from[0]) {
+			snprintf(aliases[i].from, sizeof(aliases[i].from), "%s", from);
+			snprintf(aliases[i].to, sizeof(aliases[i].to), "%s", to);
+			atomic_store(&aliases_used, true);
+			break;
+		}
+		if (!to && !strcmp(aliases[i].from, from))
+			aliases[i].from[0] = '\0';
+	}
+	pthread_mutex_unlock(&alias_lock);
+}
+
+/* Copy @in to @out (@size bytes) with the aliases replaced. */
+static void alias_apply(const char *in, char *out, size_t size)
+{
+	size_t o = 0;
+
+	pthread_mutex_lock(&alias_lock);
+	while (*in && o + 1 < size) {
+		size_t i, n = sizeof(aliases) / sizeof(aliases[0]);
+
+		for (i = 0; i < n; i++) {
+			size_t fl = strlen(aliases[i].from);
+
+			if (fl && !strncmp(in, aliases[i].from, fl)) {
+				o += (size_t)snprintf(out + o, size - o, "%s",
+						      aliases[i].to);
+				in += fl;
+				break;
+			}
+		}
+		if (o >= size) {
+			o = size - 1;
+			break;
+		}
+		if (i == n)
+			out[o++] = *in++;
+	}
+	out[o] = '\0';
+	pthread_mutex_unlock(&alias_lock);
+}
+
 void kv_log(const char *fmt, ...)
 {
 	char buf[2048];
@@ -43,7 +102,15 @@ void kv_log(const char *fmt, ...)
 	n = strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S branchfs: ", &tm);
 	room = sizeof(buf) - n - 1; /* keep one byte for the newline */
 	va_start(ap, fmt);
-	m = vsnprintf(buf + n, room, fmt, ap);
+	if (aliases_used) {
+		char tmp[2048];
+
+		vsnprintf(tmp, sizeof(tmp), fmt, ap);
+		alias_apply(tmp, buf + n, room);
+		m = (int)strlen(buf + n);
+	} else {
+		m = vsnprintf(buf + n, room, fmt, ap);
+	}
 	va_end(ap);
 	if (m < 0)
 		m = 0;
@@ -362,6 +429,8 @@ int kv_open_named(const char *dbdir, const char *store,
 		ret = -ENOMEM;
 		goto out_free_kv;
 	}
+	if (store)
+		alias_set(kv->dbdir, kv->name);
 	{
 		/* Writer-preferring, so the collector is not starved by a
 		 * steady stream of writers.  Rule (snap/ keeps it): a thread
@@ -421,6 +490,8 @@ out_destroy_sync_lock:
 out_destroy_block_lock:
 	pthread_rwlock_destroy(&kv->block_lock);
 out_free_dbdir:
+	if (store)
+		alias_set(kv->dbdir, NULL);
 	free(kv->dbdir);
 out_free_kv:
 	free(kv->name);
@@ -489,6 +560,7 @@ void kv_close(struct kv *kv)
 	pthread_cond_destroy(&kv->sync_cond);
 	pthread_mutex_destroy(&kv->sync_lock);
 	pthread_rwlock_destroy(&kv->block_lock);
+	alias_set(kv->dbdir, NULL);
 	free(kv->dbdir);
 	free(kv->name);
 	free(kv);

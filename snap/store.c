@@ -535,7 +535,7 @@ void snap_reserve_take(struct snap *s)
 		err = errno;
 	close(fd);
 	if (err) {
-		kv_log("%s: %s", p, strerror(err));
+		kv_log("%s/reserve: %s", s->path, strerror(err));
 		unlink(p);
 	}
 out:
@@ -1069,7 +1069,7 @@ static int open_root(struct snap *s)
 	char buf[64];
 
 	s->root = s->path;
-	s->dir_fd = open(s->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	s->dir_fd = open(s->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (s->dir_fd < 0)
 		return errno == ENOTDIR ? -EINVAL : -errno;
 	snprintf(buf, sizeof(buf), "/proc/self/fd/%d", s->dir_fd);

@@ -19,6 +19,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,35 +75,48 @@ static int print_help(const char *cmd)
 }
 
 /* Is @store a branchfs store?  Prints the reason when not. */
-static bool check_store(const char *store)
+/* Why @store is not a store, in @msg; false if it looks like one. */
+static bool not_a_store(const char *store, char *msg, size_t size)
 {
 	char p[PATH_MAX];
 	struct stat st;
 
 	if (stat(store, &st) < 0) {
-		die_msg("store %s: %s", store, strerror(errno));
-		return false;
+		snprintf(msg, size, "store %s: %s", store, strerror(errno));
+		return true;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		die_msg("%s is not a branchfs store (not a directory)", store);
-		return false;
+		snprintf(msg, size, "%s is not a branchfs store (not a "
+			 "directory)", store);
+		return true;
 	}
 	snprintf(p, sizeof(p), "%s/db", store);
 	if (stat(p, &st) < 0 && errno != ENOENT && errno != ENOTDIR) {
-		die_msg("store %s: %s", store, strerror(errno));
-		return false;
+		snprintf(msg, size, "store %s: %s", store, strerror(errno));
+		return true;
 	}
 	if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		die_msg("%s is not a branchfs store (no db/; create one with "
-			"'branchfs init')", store);
-		return false;
+		snprintf(msg, size, "%s is not a branchfs store (no db/; create "
+			 "one with 'branchfs init')", store);
+		return true;
 	}
 	snprintf(p, sizeof(p), "%s/lock", store);
 	if (stat(p, &st) < 0) {
-		die_msg("%s is not a branchfs store (no lock file)", store);
-		return false;
+		snprintf(msg, size, "%s is not a branchfs store (no lock file)",
+			 store);
+		return true;
 	}
-	return true;
+	return false;
+}
+
+static bool check_store(const char *store)
+{
+	char msg[PATH_MAX + 128];
+
+	if (!not_a_store(store, msg, sizeof(msg)))
+		return true;
+	die_msg("%s", msg);
+	return false;
 }
 
 /* How long an offline command waits for another one to release the store. */
@@ -611,7 +625,7 @@ static bool store_of_mount(const char *store, const char *mnt)
 	char *reply = NULL, m[PATH_MAX];
 	bool ours = true;
 
-	if (ctl_call_within(store, 1, req, &reply, 5) == 0 && reply &&
+	if (ctl_call_within(store, 1, req, &reply, 2) == 0 && reply &&
 	    ctl_field(reply, "mnt", m, sizeof(m)) && strcmp(m, mnt))
 		ours = false;
 	free(reply);
@@ -688,6 +702,35 @@ static int mount_users(const char *mnt, char *buf, size_t size)
 	return n;
 }
 
+/*
+ * Whether the daemon of FUSE mount @mnt is gone: statfs always asks the
+ * daemon (stat may be answered from the kernel's cache), and a dead one's
+ * connection answers ENOTCONN at once.  Asked from a child, given 2 s: a
+ * stopped or hung daemon would block the caller for ever (it counts as
+ * alive).
+ */
+static bool mount_dead(const char *mnt)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return false;
+	if (pid == 0) {
+		struct statfs sf;
+
+		_exit(statfs(mnt, &sf) < 0 && errno == ENOTCONN ? 1 : 0);
+	}
+	for (int i = 0; i < 200; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return WIFEXITED(status) && WEXITSTATUS(status) == 1;
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	return false;
+}
+
 /* Before a stale mount is detached: name the processes still in it. */
 static void warn_stale_users(const char *mnt)
 {
@@ -741,11 +784,11 @@ static int cmd_umount(int argc, char **argv)
 				break;
 			usleep(100000);
 		}
-		/* Busy, with no daemon holding the store: a dead daemon
-		 * whose root the kernel still had cached (stat did not say
-		 * ENOTCONN), and processes inside its mount. */
-		if (ret < 0 && errno == EBUSY && !stale && store[0]) {
-			if (wait_unlocked(store, 0) == 0) {
+		/* Busy, and its daemon dead: the kernel still had the
+		 * root's attributes cached (stat did not say ENOTCONN) and
+		 * processes are inside the mount. */
+		if (ret < 0 && errno == EBUSY && !stale) {
+			if (mount_dead(mnt)) {
 				stale = true;
 				warn_stale_users(mnt);
 				ret = umount2(mnt, MNT_DETACH);
@@ -779,15 +822,35 @@ static int cmd_umount(int argc, char **argv)
 				"root can unmount it", mnt, owner);
 			return 1;
 		}
-		pid = fork();
-		if (pid == 0) {
-			execlp("fusermount3", "fusermount3", "-u",
-			       stale ? "-z" : "-u", mnt, (char *)NULL);
-			_exit(127);
+		/* as for root: a mount the daemon itself holds for a
+		 * moment gets 2 s of retries (only the last one talks) */
+		for (int i = 0;; i++) {
+			pid = fork();
+			if (pid == 0) {
+				int null = open("/dev/null", O_WRONLY);
+
+				if (i < 20 && null >= 0)
+					dup2(null, STDERR_FILENO);
+				execlp("fusermount3", "fusermount3", "-u",
+				       stale ? "-z" : "-u", mnt, (char *)NULL);
+				_exit(127);
+			}
+			if (pid < 0 || waitpid(pid, &status, 0) < 0)
+				status = -1;
+			ret = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+			if (ret || stale || i == 20 ||
+			    (WIFEXITED(status) && WEXITSTATUS(status) == 127))
+				break;
+			usleep(100000);
 		}
-		if (pid < 0 || waitpid(pid, &status, 0) < 0 ||
-		    !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-			die_msg("fusermount3 -u %s failed", mnt);
+		if (!ret) {
+			char users[512];
+
+			if (mount_users(mnt, users, sizeof(users)) > 0)
+				die_msg("fusermount3 -u %s failed: in use by %s",
+					mnt, users);
+			else
+				die_msg("fusermount3 -u %s failed", mnt);
 			return 1;
 		}
 	}
@@ -1002,8 +1065,7 @@ static bool known_sub(const char *cmd, const char *sub)
 	return false;
 }
 
-/* The options of "@cmd @sub"; every option for an unknown @sub (its usage
- * error comes after). */
+/* The options of "@cmd @sub"; ~0u for an unknown @sub (known_sub). */
 static unsigned sub_opts(const char *cmd, const char *sub)
 {
 	static const struct {
@@ -1509,6 +1571,7 @@ static int cmd_gc(int argc, char **argv)
 
 struct check_out {
 	bool json, tty;
+	bool json_open; /* '{"problems": [' printed */
 	unsigned listed;
 	double last_ms;
 	bool progress_shown;
@@ -1572,6 +1635,23 @@ static void check_progress(void *arg, const char *phase, uint64_t done,
 	o->progress_shown = true;
 }
 
+/*
+ * The store cannot be checked (@msg says why): exit 2, and with --json an
+ * object that says so - "clean" is null, not true or false - completing
+ * the one begun (o->json_open: "{\"problems\": [" printed) or whole.
+ */
+static int check_cannot(struct check_out *o, const char *msg)
+{
+	if (o->json) {
+		printf("%s\"clean\": null, \"error\": ",
+		       o->json_open ? "], " : "{\"problems\": [], ");
+		json_str(msg);
+		printf("}\n");
+	}
+	die_msg("%s", msg);
+	return 2;
+}
+
 static int cmd_check(int argc, char **argv)
 {
 	struct check_out o = { 0 };
@@ -1603,11 +1683,17 @@ static int cmd_check(int argc, char **argv)
 			"BRANCHFS_STORE");
 		return usage_err("check");
 	}
-	if (!check_store(store))
-		return 2;
 	o.tty = isatty(STDERR_FILENO);
-	if (o.json)
+	{
+		char msg[PATH_MAX + 128];
+
+		if (not_a_store(store, msg, sizeof(msg)))
+			return check_cannot(&o, msg);
+	}
+	if (o.json) {
 		printf("{\"problems\": [");
+		o.json_open = true;
+	}
 	/* On a disk without room to open for writing, a check that repairs
 	 * nothing opens read-only, under a shared lock; a repair may spend the
 	 * disk-full reserve, as deletes do. */
@@ -1644,14 +1730,7 @@ static int cmd_check(int argc, char **argv)
 		else
 			snprintf(msg, sizeof(msg), "cannot open store %s: %s",
 				 store, open_error(ret));
-		/* not checked: "clean" is null, not true or false */
-		if (o.json) {
-			printf("], \"clean\": null, \"error\": ");
-			json_str(msg);
-			printf("}\n");
-		}
-		die_msg("%s", msg);
-		return 2;
+		return check_cannot(&o, msg);
 	}
 	ret = snap_check(s, flags, check_report, check_progress, &o, &st);
 	snap_close(s);
@@ -1823,6 +1902,12 @@ int main(int argc, char **argv)
 	const struct cli_cmd *c;
 	int ret;
 
+	/* Started with stdin, stdout or stderr closed, the store's
+	 * descriptors would take those numbers, and the daemon's dup2() of
+	 * its log onto 1 and 2 would replace them: keep 0-2 taken. */
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			return 2;
 	if (argc < 2) {
 		fprintf(stderr, "usage: branchfs COMMAND [ARGS]  (see 'branchfs help')\n");
 		return 2;

@@ -120,3 +120,9 @@ perl -MJSON::PP -e '
 	exit(exists $j->{clean} && !defined $j->{clean} && $j->{error} =~ /is mounted/ ? 0 : 1);
 ' <<<"$BFS_OUT" || bfs_fail "check --json of a mounted store: $BFS_OUT"
 bfs_umount "$MNT"
+mkdir "$BFS_WORK/notastore"
+bfs_expect_fail 2 "$BRANCHFS" check --json "$BFS_WORK/notastore"
+perl -MJSON::PP -e '
+	my $j = JSON::PP->new->decode(do { local $/; <STDIN> });
+	exit(exists $j->{clean} && !defined $j->{clean} && $j->{error} =~ /not a branchfs store/ ? 0 : 1);
+' <<<"$BFS_OUT" || bfs_fail "check --json of a directory that is not a store: $BFS_OUT"

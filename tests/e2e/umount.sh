@@ -107,10 +107,8 @@ pid=$(bfs_daemon_pid "$STORE")
 cp "$H/rand" "$D/before-term"
 kill -TERM "$pid"
 bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGTERM for 20 s"
-if bfs_is_mounted "$MNT"; then
-	bfs_log "SIGTERM left the mount behind; branchfs umount cleans it"
-	bfs_umount "$MNT"
-fi
+! bfs_is_mounted "$MNT" || bfs_fail "SIGTERM left the mount behind"
+grep -q "daemon $pid exiting (unmounted)" "$STORE/branchfs.log" || bfs_fail "daemon $pid did not exit cleanly on SIGTERM"
 unset "BFS_MNT_STORE[$MNT]"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
@@ -126,12 +124,9 @@ for sig in USR1 USR2 ALRM; do
 done
 kill -QUIT "$pid"
 bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGQUIT for 20 s"
-if bfs_is_mounted "$MNT"; then
-	bfs_log "SIGQUIT left the mount behind; branchfs umount cleans it"
-	bfs_umount "$MNT"
-fi
+! bfs_is_mounted "$MNT" || bfs_fail "SIGQUIT left the mount behind"
+grep -q "daemon $pid exiting (unmounted)" "$STORE/branchfs.log" || bfs_fail "daemon $pid did not exit cleanly on SIGQUIT"
 unset "BFS_MNT_STORE[$MNT]"
-[ -f "$STORE/core" ] && bfs_fail "SIGQUIT dumped core"
 bfs_mount "$STORE" "$MNT"
 [ "$(cat "$D/after-ALRM")" = ALRM ] || bfs_fail "data lost across SIGQUIT"
 

@@ -4,6 +4,7 @@
  * directory under /tmp (removed afterwards).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -1519,11 +1520,63 @@ static void test_log_format(void **state)
 	assert_int_equal(strlen(buf), 20 + strlen("branchfs: hello 42") + 1);
 }
 
+/*
+ * A database opened through /proc/self/fd/N (kv_open_named, as snap/ opens
+ * a store): RocksDB's messages name that path, kv_log names the store's.
+ * Here RocksDB reports the MANIFEST the CURRENT file names as missing.
+ */
+static void test_named_messages(void **state)
+{
+	struct env *e = *state;
+	char via[64], dbp[160], cur[192], buf[4096];
+	int fds[2], saved, dfd;
+	struct kv *kv = NULL;
+	ssize_t n;
+	FILE *f;
+
+	kv_close(e->kv);
+	e->kv = NULL;
+	snprintf(dbp, sizeof(dbp), "%s/other", e->dir);
+	assert_int_equal(mkdir(dbp, 0700), 0);
+	snprintf(cur, sizeof(cur), "%s/db", dbp);
+	assert_int_equal(mkdir(cur, 0700), 0);
+	snprintf(cur, sizeof(cur), "%s/db/CURRENT", dbp);
+	f = fopen(cur, "w");
+	assert_non_null(f);
+	fputs("MANIFEST-000042\n", f);
+	fclose(f);
+	dfd = open(dbp, O_RDONLY | O_DIRECTORY);
+	assert_true(dfd >= 0);
+	snprintf(via, sizeof(via), "/proc/self/fd/%d/db", dfd);
+
+	assert_int_equal(pipe(fds), 0);
+	saved = dup(STDERR_FILENO);
+	dup2(fds[1], STDERR_FILENO);
+	assert_true(kv_open_named(via, dbp, 0, &kv) < 0);
+	kv_log("after: %s/x", via); /* the alias is gone with the open */
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	close(fds[1]);
+	n = read(fds[0], buf, sizeof(buf) - 1);
+	close(fds[0]);
+	close(dfd);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	snprintf(cur, sizeof(cur), "%s/db/MANIFEST-000042", dbp);
+	if (!strstr(buf, cur) || !strstr(buf, "after: /proc/self/fd/"))
+		fail_msg("messages: %s", buf);
+	*strstr(buf, "after: ") = '\0';
+	if (strstr(buf, "/proc/self/fd/"))
+		fail_msg("a /proc/self/fd path in: %s", buf);
+	reopen(e, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 		T(test_open_create_reopen),
+		T(test_named_messages),
 		T(test_create_existing_fails),
 		T(test_open_missing),
 		T(test_format_version),

@@ -242,7 +242,22 @@ static bool pc_rel(int dirfd, const char *path, char *rel, size_t n)
 
 	if (!path)
 		return false;
-	if (path[0] == '/') {
+	if (!strncmp(path, "/proc/self/fd/", 14)) {
+		/* a path through a directory descriptor, as branchfs reaches
+		 * its store (snap/snap_int.h: struct snap, root) */
+		char lnk[64], base[PATH_MAX], *end;
+		long fd = strtol(path + 14, &end, 10);
+		ssize_t r;
+
+		if (end == path + 14 || (*end != '/' && *end != '\0'))
+			return false;
+		snprintf(lnk, sizeof(lnk), "/proc/self/fd/%ld", fd);
+		r = readlink(lnk, base, sizeof(base) - 1);
+		if (r <= 0 || base[0] != '/')
+			return false;
+		base[r] = '\0';
+		snprintf(abs, sizeof(abs), "%s%s", base, end);
+	} else if (path[0] == '/') {
 		if (strncmp(path, pc_dir, pc_dirlen) != 0)
 			return false; /* the common case, and cheap */
 		snprintf(abs, sizeof(abs), "%s", path);
