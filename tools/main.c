@@ -1897,6 +1897,30 @@ static void raise_nofile(void)
 	}
 }
 
+/*
+ * Output that did not reach its reader (a full disk, an I/O error) is a
+ * failure too; a reader that stopped reading (EPIPE: "| head", "| grep -q")
+ * is not.  @ret: the command's exit status; @c its command (NULL: --help,
+ * --version): "check" exits 2 (it could not report), and the others that
+ * may change the store say that they did their work.
+ */
+static int output_done(int ret, const struct cli_cmd *c)
+{
+	bool check = c && c->fn == cmd_check;
+	bool acted = c && !check && c->fn != cmd_help &&
+		     c->fn != cmd_version && c->fn != cmd_stats;
+
+	errno = 0;
+	if ((fflush(stdout) != 0 || ferror(stdout)) && errno != EPIPE) {
+		die_msg("cannot write the output%s%s%s", errno ? ": " : "",
+			errno ? strerror(errno) : "",
+			ret == 0 && acted ? " (the command itself succeeded)" :
+			"");
+		return check ? 2 : ret ? ret : 1;
+	}
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	const struct cli_cmd *c;
@@ -1913,9 +1937,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
-		return cmd_help(1, argv);
+		return output_done(cmd_help(1, argv), NULL);
 	if (!strcmp(argv[1], "--version"))
-		return cmd_version(1, argv);
+		return output_done(cmd_version(1, argv), NULL);
 	c = find_cmd(argv[1]);
 	if (!c) {
 		die_msg("unknown command '%s' (see 'branchfs help')", argv[1]);
@@ -1927,16 +1951,5 @@ int main(int argc, char **argv)
 		ret = print_help(c->name);
 	else
 		ret = c->fn(argc - 1, argv + 1);
-	/* output that did not reach its reader (a full disk, an I/O error)
-	 * is a failure too ("check" exits 2: it could not report); a reader
-	 * that stopped reading (EPIPE: "| head", "| grep -q") is not */
-	errno = 0;
-	if ((fflush(stdout) != 0 || ferror(stdout)) && errno != EPIPE) {
-		die_msg("cannot write the output%s%s%s", errno ? ": " : "",
-			errno ? strerror(errno) : "",
-			ret == 0 && c->fn != cmd_check ?
-			" (the command itself succeeded)" : "");
-		return c->fn == cmd_check ? 2 : ret ? ret : 1;
-	}
-	return ret;
+	return output_done(ret, c);
 }

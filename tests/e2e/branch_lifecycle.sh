@@ -271,6 +271,11 @@ bfs_expect_fail 2 "$BRANCHFS" gc --json
 bfs_expect_fail 2 "$BRANCHFS" help nosuch
 # output that cannot be written is an error
 bfs_expect_fail any sh -c '"$0" branch list >/dev/full' "$BRANCHFS"
+bfs_expect_fail any sh -c '"$0" --help >/dev/full' "$BRANCHFS"
+bfs_expect_fail any sh -c '"$0" snapshot create main s-full >/dev/full' "$BRANCHFS"
+grep -q "the command itself succeeded" <<<"$BFS_ERR" || bfs_fail "an unwritable confirmation does not say the snapshot was made: $BFS_ERR"
+[ -d "$MNT/.snapshots/s-full" ] || bfs_fail "snapshot s-full (confirmation unwritable) was not made"
+"$BRANCHFS" snapshot delete s-full >/dev/null || bfs_fail "snapshot delete s-full"
 # ... but a reader that stopped reading ("| head") is not an error
 {
 	sleep 0.3
