@@ -263,18 +263,16 @@ static void pg_scan(struct snap_tree *t, uint64_t dir, const char *path,
 	free(e);
 }
 
-static int pgcheck(struct snap *s, const char *name, struct out *o)
+/* Scan tree @id (a new branch or snapshot), naming paths from @label. */
+static int pgcheck(struct snap *s, uint32_t id, const char *label,
+		   struct out *o)
 {
 	struct snap_tree *t;
-	uint32_t id;
-	int budget = 2000, ret = snap_branch_find(s, name, &id);
+	int budget = 2000, ret = snap_tree_get(s, id, &t);
 
 	if (ret < 0)
 		return ret;
-	ret = snap_tree_get(s, id, &t);
-	if (ret < 0)
-		return ret;
-	pg_scan(t, SNAP_ROOT_INO, name, 3, &budget, o);
+	pg_scan(t, SNAP_ROOT_INO, label, 3, &budget, o);
 	snap_tree_put(t);
 	return 0;
 }
@@ -282,15 +280,16 @@ static int pgcheck(struct snap *s, const char *name, struct out *o)
 /*
  * Reply of a successful snapshot-create / branch-create: the new id, the
  * time it took, then "warning=" lines for PGDATA symlinks that leave the
- * source branch @src (nothing when @src is a snapshot).  The check runs
- * after the creation, so it is not in elapsed_us.
+ * new tree @id, which holds what its source @src held (a branch made from
+ * a snapshot shares that WAL or tablespace too).  The check runs after the
+ * creation, so it is not in elapsed_us.
  */
 static void created(struct snap *s, struct out *o, uint32_t id, uint64_t t0,
 		    const char *src)
 {
 	outf(o, "id %u\nelapsed_us %llu\n", id,
 	     (unsigned long long)(mono_us() - t0));
-	pgcheck(s, src, o);
+	pgcheck(s, id, src, o);
 }
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -494,7 +493,11 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		else if (ret == -ENOSPC)
 			outf(&o, "gc: no space left on device\n");
 	} else if (!strcmp(cmd, "pgcheck") && argc == 2) {
-		ret = pgcheck(s, argv[1], &o);
+		uint32_t bid;
+
+		ret = snap_branch_find(s, argv[1], &bid);
+		if (ret == 0)
+			ret = pgcheck(s, bid, argv[1], &o);
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else {

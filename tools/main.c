@@ -1489,17 +1489,17 @@ static int cmd_branch(int argc, char **argv)
 			&a) < 0)
 		return usage_err("branch");
 	if (!strcmp(sub, "create") && a.npos == 1) {
-		const char *w[] = { "branch-create", a.pos[0], a.from ? a.from : "main" };
+		/* without --from the daemon picks main, and says so if
+		 * there is none */
+		const char *w[] = { "branch-create", a.pos[0], a.from };
 		double t0;
 
 		if (a.checkpoint && run_checkpoint(a.checkpoint) < 0)
 			return 1;
 		t0 = now_ms();
-		if (request(a.store, 3, w, &reply) == 0)
+		if (request(a.store, a.from ? 3 : 2, w, &reply) == 0)
 			ret = print_created("branch", a.pos[0], reply, a.json,
 					    now_ms() - t0);
-		else if (!a.from && reply && strstr(reply, "'main' does not exist"))
-			die_msg("(without --from, a branch is made from main)");
 	} else if (!strcmp(sub, "list") && a.npos == 0) {
 		const char *w[] = { "branch-list" };
 

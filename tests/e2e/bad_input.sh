@@ -187,7 +187,8 @@ BRANCHFS_TIMEOUT=abc "$BRANCHFS" branch list -s "$S" 2>&1 >/dev/null | grep -q "
 bfs_init "$BFS_WORK/s3"
 "$BRANCHFS" branch rename -s "$BFS_WORK/s3" main prod >/dev/null || bfs_fail "rename main prod"
 bfs_expect_fail 1 "$BRANCHFS" branch create -s "$BFS_WORK/s3" x
-grep -q "without --from, a branch is made from main" <<<"$BFS_ERR" || bfs_fail "branch create with main gone: $BFS_ERR"
+grep -q "branch 'main', where a branch is made from by default, does not exist: give --from" <<<"$BFS_ERR" ||
+	bfs_fail "branch create with main gone: $BFS_ERR"
 
 bfs_step "--help on each subcommand"
 for c in init mount umount stats version; do

@@ -29,6 +29,10 @@ grep -q "warning: .*pg_tblspc/16384 is a symlink" "$BFS_WORK/err2" ||
 	bfs_fail "no tablespace warning: $(cat "$BFS_WORK/err2")"
 "$BRANCHFS" snapshot create main snap 2>"$BFS_WORK/err3" >/dev/null
 grep -q "warning: .*pg_wal" "$BFS_WORK/err3" || bfs_fail "snapshot create did not warn"
+# a branch of that snapshot shares the outside WAL too
+"$BRANCHFS" branch create fromsnap --from snap 2>"$BFS_WORK/err4" >/dev/null
+grep -q "warning: .*pg_wal is a symlink" "$BFS_WORK/err4" ||
+	bfs_fail "branch create --from a snapshot did not warn: $(cat "$BFS_WORK/err4")"
 
 bfs_step "inherited postmaster.pid is hidden on a branch, kept on main and snapshots"
 echo "$$" >"$D/pg/data/postmaster.pid"
