@@ -203,6 +203,37 @@ static void write_full(int fd, const void *buf, size_t n)
 }
 
 /*
+ * Read the request on connection @c, giving up @ms after @start, into a
+ * malloc()ed *@reqp of *@np bytes plus a NUL.  0, or -EPROTO (nothing came:
+ * nothing to answer), or an error status whose reason is in @r.
+ */
+static int read_request(int c, const struct timespec *start, long ms,
+			char **reqp, uint32_t *np, struct reply *r)
+{
+	unsigned char hdr[4];
+	uint32_t n;
+
+	if (read_full(c, hdr, 4, start, ms) < 0)
+		return -EPROTO;
+	n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
+	    ((uint32_t)hdr[2] << 8) | hdr[3];
+	if (n == 0 || n > CTL_MAX_REQUEST) {
+		rprintf(r, "bad request length %u\n", n);
+		return -EINVAL;
+	}
+	*reqp = malloc(n + 1);
+	if (!*reqp)
+		return -ENOMEM;
+	if (read_full(c, *reqp, n, start, ms) < 0) {
+		rprintf(r, "truncated request\n");
+		return -EINVAL;
+	}
+	(*reqp)[n] = 0;
+	*np = n;
+	return 0;
+}
+
+/*
  * Serve the request on connection @c.  @closing: the daemon is stopping -
  * read the request (briefly) but do not run it: answer -ESHUTDOWN, which
  * tells the CLI that nothing was done and that it may run the request
@@ -218,7 +249,7 @@ static void serve_one(struct fs *fs, int c, bool closing)
 	struct timespec start;
 	unsigned char hdr[8];
 	char *req = NULL, *argv[CTL_MAX_WORDS];
-	uint32_t n;
+	uint32_t n = 0;
 	int argc = 0, status;
 
 	setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -230,42 +261,19 @@ static void serve_one(struct fs *fs, int c, bool closing)
 		goto reply;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	status = read_request(c, &start, ms, &req, &n, &r);
 	if (closing) {
-		/* read what came (so that closing does not reset the
-		 * connection under the reply), whatever it is: not run */
-		if (read_full(c, hdr, 4, &start, ms) == 0) {
-			n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-			    ((uint32_t)hdr[2] << 8) | hdr[3];
-			req = n && n <= CTL_MAX_REQUEST ? malloc(n) : NULL;
-			if (req)
-				read_full(c, req, n, &start, ms);
-		}
+		/* what came was read (so that closing does not reset the
+		 * connection under the reply); whatever it is: not run */
+		r.len = 0;
 		rprintf(&r, "the daemon is unmounting: request not run\n");
 		status = -ESHUTDOWN;
 		goto reply;
 	}
-	if (read_full(c, hdr, 4, &start, ms) < 0) {
-		status = -EPROTO;
+	if (status == -EPROTO)
 		goto out; /* nothing to answer */
-	}
-	n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
-	    ((uint32_t)hdr[2] << 8) | hdr[3];
-	if (n == 0 || n > CTL_MAX_REQUEST) {
-		rprintf(&r, "bad request length %u\n", n);
-		status = -EINVAL;
+	if (status < 0)
 		goto reply;
-	}
-	req = malloc(n + 1);
-	if (!req) {
-		status = -ENOMEM;
-		goto reply;
-	}
-	if (read_full(c, req, n, &start, ms) < 0) {
-		rprintf(&r, "truncated request\n");
-		status = -EINVAL;
-		goto reply;
-	}
-	req[n] = 0;
 	for (size_t i = 0; i < n && argc < CTL_MAX_WORDS;) {
 		argv[argc++] = req + i;
 		i += strlen(req + i) + 1;
