@@ -136,7 +136,7 @@ int kv_rocks_errno(const char *what, char *err)
 
 /* kv_open's finer translation: the caller wants to know whether the
  * database is missing, exists, is busy or is not one of ours. */
-static int kv_open_errno(const char *name, char *err)
+static int kv_open_errno(const char *dbdir, char *err)
 {
 	int ret;
 
@@ -157,7 +157,7 @@ static int kv_open_errno(const char *name, char *err)
 		ret = -EINVAL;
 	else
 		ret = -EIO;
-	kv_log("rocksdb open %s: %s", name, err);
+	kv_log("rocksdb open %s: %s", dbdir, err);
 	rocksdb_free(err);
 	return ret;
 }
@@ -355,7 +355,7 @@ static int kv_format_check(struct kv *kv)
 			      strlen(BFS_KEY_FORMAT), v, sizeof(v), &vlen);
 	if (ret == -ENOENT) {
 		kv_log("%s: no format version recorded: not a branchfs store",
-		       kv->name);
+		       kv->dbdir);
 		return -EINVAL;
 	}
 	if (ret)
@@ -363,7 +363,7 @@ static int kv_format_check(struct kv *kv)
 	if (vlen != sizeof(v) || bfs_get_u32(v) != BFS_FORMAT_VERSION) {
 		kv_log("%s: unsupported store format (%zu bytes, version %u; "
 		       "this build knows %u)",
-		       kv->name, vlen, vlen == sizeof(v) ? bfs_get_u32(v) : 0,
+		       kv->dbdir, vlen, vlen == sizeof(v) ? bfs_get_u32(v) : 0,
 		       BFS_FORMAT_VERSION);
 		return -EPROTONOSUPPORT;
 	}
@@ -374,7 +374,7 @@ static int kv_format_check(struct kv *kv)
  * RocksDB creates the directory and an info LOG in it even when it then
  * refuses to open a database that is not there: look before opening.
  */
-static int kv_db_present(const char *dbdir, const char *name)
+static int kv_db_present(const char *dbdir)
 {
 	char *current;
 	struct stat st;
@@ -386,7 +386,7 @@ static int kv_db_present(const char *dbdir, const char *name)
 		ret = -errno;
 		if (ret == -ENOTDIR)
 			ret = -ENOENT;
-		kv_log("%s: not a database: %s", name, strerror(-ret));
+		kv_log("%s: not a database: %s", dbdir, strerror(-ret));
 	}
 	free(current);
 	return ret;
@@ -402,35 +402,34 @@ int kv_open_named(const char *dbdir, const char *store,
 {
 	const rocksdb_options_t *cfo[KV_CF_COUNT];
 	struct kv *kv;
-	char *err = NULL, *name;
+	char *err = NULL;
 	int ret;
 
 	if (!dbdir || !out || ((flags & KV_CREATE) && (flags & KV_READONLY)))
 		return -EINVAL;
-	if (store ? asprintf(&name, "%s/db", store) < 0 : !(name = strdup(dbdir)))
-		return -ENOMEM;
-	if (!(flags & KV_CREATE)) {
-		ret = kv_db_present(dbdir, name);
-		if (ret) {
-			free(name);
-			return ret;
-		}
-	}
+	/* from here on kv_log names @store/db where @dbdir would be */
+	if (store) {
+		char *name;
 
-	kv = calloc(1, sizeof(*kv));
-	if (!kv) {
+		if (asprintf(&name, "%s/db", store) < 0)
+			return -ENOMEM;
+		alias_set(dbdir, name);
 		free(name);
-		return -ENOMEM;
 	}
-	kv->name = name;
+	ret = -ENOMEM;
+	kv = calloc(1, sizeof(*kv));
+	if (!kv)
+		goto out_alias;
+	kv->aliased = store != NULL;
 	kv->readonly = flags & KV_READONLY;
 	kv->dbdir = strdup(dbdir);
-	if (!kv->dbdir) {
-		ret = -ENOMEM;
+	if (!kv->dbdir)
 		goto out_free_kv;
+	if (!(flags & KV_CREATE)) {
+		ret = kv_db_present(dbdir);
+		if (ret)
+			goto out_free_dbdir;
 	}
-	if (store)
-		alias_set(kv->dbdir, kv->name);
 	{
 		/* Writer-preferring, so the collector is not starved by a
 		 * steady stream of writers.  Rule (snap/ keeps it): a thread
@@ -468,7 +467,7 @@ int kv_open_named(const char *dbdir, const char *store,
 						      KV_CF_COUNT, cf_names,
 						      cfo, kv->cf, &err);
 	if (err) {
-		ret = kv_open_errno(kv->name, err);
+		ret = kv_open_errno(dbdir, err);
 		goto out_destroy_options;
 	}
 
@@ -490,12 +489,12 @@ out_destroy_sync_lock:
 out_destroy_block_lock:
 	pthread_rwlock_destroy(&kv->block_lock);
 out_free_dbdir:
-	if (store)
-		alias_set(kv->dbdir, NULL);
 	free(kv->dbdir);
 out_free_kv:
-	free(kv->name);
 	free(kv);
+out_alias:
+	if (store)
+		alias_set(dbdir, NULL);
 	return ret;
 }
 
@@ -560,9 +559,9 @@ void kv_close(struct kv *kv)
 	pthread_cond_destroy(&kv->sync_cond);
 	pthread_mutex_destroy(&kv->sync_lock);
 	pthread_rwlock_destroy(&kv->block_lock);
-	alias_set(kv->dbdir, NULL);
+	if (kv->aliased)
+		alias_set(kv->dbdir, NULL);
 	free(kv->dbdir);
-	free(kv->name);
 	free(kv);
 }
 

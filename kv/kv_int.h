@@ -56,8 +56,8 @@ struct kv {
 	rocksdb_readoptions_t *ropts;
 	rocksdb_writeoptions_t *wopts;
 	rocksdb_writeoptions_t *wopts_sync; /* the WAL sync: kv_sync_to */
-	char *dbdir; /* where the database is reached */
-	char *name;  /* what messages call it (the store's path + /db) */
+	char *dbdir;  /* where the database is reached */
+	bool aliased; /* kv_open_named: kv_log names it store/db instead */
 	bool readonly;
 
 	atomic_bool poisoned; /* set by a failed commit (not ENOSPC: see
