@@ -1002,8 +1002,9 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t node, size_t size)
 	}
 	ret = node_tree_get(fs, node, &t);
 	if (ret == 0) {
-		/* the whole list (at most 64 KiB: snap's XATTR_NAMES_MAX),
-		 * to leave out ACL names stored before they were refused */
+		/* the whole list (snap_setxattr keeps it within
+		 * XATTR_LIST_MAX), to leave out ACL names stored before they
+		 * were refused */
 		if (!(buf = malloc(XATTR_LIST_MAX)))
 			ret = -ENOMEM;
 		else

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1101,10 +1102,6 @@ out:
 	return ret;
 }
 
-/* The most listxattr(2) can return (the kernel's XATTR_LIST_MAX): a file
- * whose names add up to more could never list them again (E2BIG). */
-#define XATTR_NAMES_MAX 65536
-
 int snap_setxattr(struct snap_tree *t, uint64_t ino, const char *name,
 		  const void *val, size_t size, int flags)
 {
@@ -1112,16 +1109,17 @@ int snap_setxattr(struct snap_tree *t, uint64_t ino, const char *name,
 		return -EINVAL;
 	if (t->readonly || t->s->readonly) /* as op_begin says, first */
 		return -EROFS;
-	/* A new name must fit in the list: ENOSPC as ext4 says when a file's
-	 * xattrs fill their block.  (Two racing new names may pass together
-	 * and overshoot by one name.) */
+	/* A new name must fit in the list, which listxattr(2) returns whole
+	 * or not at all (E2BIG beyond XATTR_LIST_MAX, for good): ENOSPC, as
+	 * ext4 says when a file's xattrs fill their block.  (Two racing new
+	 * names may pass together and overshoot by one name.) */
 	if (!(flags & XATTR_REPLACE)) {
 		ssize_t n = snap_getxattr(t, ino, name, NULL, 0);
 
 		if (n == -ENODATA) {
 			n = snap_listxattr(t, ino, NULL, 0);
 			if (n >= 0 &&
-			    (size_t)n + strlen(name) + 1 > XATTR_NAMES_MAX)
+			    (size_t)n + strlen(name) + 1 > XATTR_LIST_MAX)
 				return -ENOSPC;
 		}
 		if (n < 0)
