@@ -74,7 +74,6 @@ static int print_help(const char *cmd)
 	return 0;
 }
 
-/* Is @store a branchfs store?  Prints the reason when not. */
 /* Why @store is not a store, in @msg; false if it looks like one. */
 static bool not_a_store(const char *store, char *msg, size_t size)
 {
@@ -109,6 +108,7 @@ static bool not_a_store(const char *store, char *msg, size_t size)
 	return false;
 }
 
+/* Is @store a branchfs store?  Prints the reason when not. */
 static bool check_store(const char *store)
 {
 	char msg[PATH_MAX + 128];
@@ -598,19 +598,16 @@ static int wait_unlocked(const char *store, int secs)
 	fd = open(lp, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
-	for (int i = 0;; i++) {
+	for (int i = 0; i < secs * 50; i++) {
 		if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
 			close(fd);
 			return 0;
 		}
-		if (i >= secs * 50)
-			break;
 		usleep(20000);
 	}
 	close(fd);
 	return -ETIMEDOUT;
 }
-
 
 /*
  * Whether the store at @store (the mount's source in mountinfo) may be the
@@ -778,25 +775,25 @@ static int cmd_umount(int argc, char **argv)
 		/* The daemon itself opens the mount for a moment (the syncfs
 		 * before a snapshot on a --writeback mount): EBUSY for 2 s
 		 * before calling the mount busy. */
+		int err;
+
 		for (int i = 0;; i++) {
 			ret = umount2(mnt, stale ? MNT_DETACH : 0);
 			if (ret == 0 || errno != EBUSY || stale || i == 20)
 				break;
 			usleep(100000);
 		}
+		err = ret < 0 ? errno : 0;
 		/* Busy, and its daemon dead: the kernel still had the
 		 * root's attributes cached (stat did not say ENOTCONN) and
 		 * processes are inside the mount. */
-		if (ret < 0 && errno == EBUSY && !stale) {
-			if (mount_dead(mnt)) {
-				stale = true;
-				warn_stale_users(mnt);
-				ret = umount2(mnt, MNT_DETACH);
-			} else {
-				errno = EBUSY;
-			}
+		if (err == EBUSY && !stale && mount_dead(mnt)) {
+			stale = true;
+			warn_stale_users(mnt);
+			ret = umount2(mnt, MNT_DETACH);
+			err = ret < 0 ? errno : 0;
 		}
-		if (ret < 0 && errno == EBUSY && !stale) {
+		if (err == EBUSY && !stale) {
 			char users[512];
 
 			if (mount_users(mnt, users, sizeof(users)) > 0)
@@ -810,7 +807,7 @@ static int cmd_umount(int argc, char **argv)
 			return 1;
 		}
 		if (ret < 0) {
-			die_msg("umount %s: %s", mnt, strerror(errno));
+			die_msg("umount %s: %s", mnt, strerror(err));
 			return 1;
 		}
 	} else {
