@@ -102,14 +102,20 @@ unset "BFS_MNT_STORE[$MNT]"
 bfs_mount "$STORE" "$MNT"
 [ "$(cat "$D/before-fusermount")" = lazy ] || bfs_fail "data lost across fusermount3 -u"
 
+# ends_cleanly SIG PID: SIG makes daemon PID unmount $MNT and exit cleanly
+ends_cleanly() {
+	kill -"$1" "$2"
+	bfs_wait_gone "$2" 20 || bfs_fail "daemon $2 ignored SIG$1 for 20 s"
+	! bfs_is_mounted "$MNT" || bfs_fail "SIG$1 left the mount behind"
+	grep -q "daemon $2 exiting (unmounted)" "$STORE/branchfs.log" ||
+		bfs_fail "daemon $2 did not exit cleanly on SIG$1"
+	unset "BFS_MNT_STORE[$MNT]"
+}
+
 bfs_step "SIGTERM to the daemon: unmounts and exits cleanly"
 pid=$(bfs_daemon_pid "$STORE")
 cp "$H/rand" "$D/before-term"
-kill -TERM "$pid"
-bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGTERM for 20 s"
-! bfs_is_mounted "$MNT" || bfs_fail "SIGTERM left the mount behind"
-grep -q "daemon $pid exiting (unmounted)" "$STORE/branchfs.log" || bfs_fail "daemon $pid did not exit cleanly on SIGTERM"
-unset "BFS_MNT_STORE[$MNT]"
+ends_cleanly TERM "$pid"
 bfs_mount "$STORE" "$MNT"
 bfs_same "$H/rand" "$D/before-term"
 
@@ -122,11 +128,7 @@ for sig in USR1 USR2 ALRM; do
 	bfs_same "$H/rand" "$D/before-term"
 	echo "$sig" >"$D/after-$sig" || bfs_fail "mount unusable after SIG$sig"
 done
-kill -QUIT "$pid"
-bfs_wait_gone "$pid" 20 || bfs_fail "daemon $pid ignored SIGQUIT for 20 s"
-! bfs_is_mounted "$MNT" || bfs_fail "SIGQUIT left the mount behind"
-grep -q "daemon $pid exiting (unmounted)" "$STORE/branchfs.log" || bfs_fail "daemon $pid did not exit cleanly on SIGQUIT"
-unset "BFS_MNT_STORE[$MNT]"
+ends_cleanly QUIT "$pid"
 bfs_mount "$STORE" "$MNT"
 [ "$(cat "$D/after-ALRM")" = ALRM ] || bfs_fail "data lost across SIGQUIT"
 
