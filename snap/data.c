@@ -132,14 +132,107 @@ static int bmap_exact(struct op *op, uint64_t ino, uint64_t blk,
 }
 
 /*
+ * Push the newest version at level @l of each block of @ino in [first,
+ * last) that has one there, `below` set when an older one is there too.
+ */
+static int scan_level(struct op *op, int l, uint64_t ino, uint64_t first,
+		      uint64_t last, struct bvec *all)
+{
+	uint8_t lo[24], hi[24];
+	size_t ll, hl;
+	uint64_t e = op_epoch(op, l), lastblk = UINT64_MAX;
+	struct kv_iter *it;
+	int ret = 0;
+
+	bmap_key_bounds(lo, hi, op->lv[l].b, ino, first, last, &ll, &hl);
+	it = kv_iter_new(op->kv, KV_CF_META, lo, ll, hi, hl);
+	if (!it)
+		return -ENOMEM;
+	for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
+		size_t kl, vl;
+		const uint8_t *k = kv_iter_key(it, &kl);
+		const uint8_t *v = kv_iter_value(it, &vl);
+		struct bent be = { 0 };
+		uint64_t ve;
+
+		if (kl != 29)
+			continue;
+		ve = UINT64_MAX - bfs_get_u64(k + 21);
+		if (ve > e)
+			continue;
+		be.blk = bfs_get_u64(k + 13);
+		if (be.blk == lastblk) {
+			/* an older version at this level */
+			if (all->n && all->e[all->n - 1].blk == be.blk)
+				all->e[all->n - 1].below = true;
+			continue;
+		}
+		lastblk = be.blk;
+		be.level = l;
+		be.epoch = ve;
+		bent_value(&be, ino, v, vl);
+		ret = bvec_push(all, &be);
+		if (ret < 0)
+			break;
+	}
+	if (ret == 0)
+		ret = kv_iter_status(it);
+	kv_iter_free(it);
+	return ret;
+}
+
+/* What levels >= 1 hold for chunk @c of @ino: from the tree's cache, or
+ * read at each level and cached. */
+static int upper_chunk(struct op *op, uint64_t ino, uint64_t c,
+		       struct bc_chunk *out)
+{
+	struct bvec all = { 0 };
+	int ret = 0;
+
+	if (bmcache_get(op->t, ino, c, out))
+		return 0;
+	for (int l = 1; l < op->n && ret == 0; l++)
+		ret = scan_level(op, l, ino, c * BC_SPAN, (c + 1) * BC_SPAN,
+				 &all);
+	if (ret < 0) {
+		free(all.e);
+		return ret;
+	}
+	qsort(all.e, all.n, sizeof(*all.e), bent_cmp);
+	out->present = out->live = 0;
+	for (size_t i = 0; i < all.n; i++) {
+		unsigned bit = (unsigned)(all.e[i].blk - c * BC_SPAN);
+
+		if (out->present >> bit & 1)
+			continue; /* a deeper level's, shadowed */
+		out->present |= 1ull << bit;
+		if (all.e[i].live) {
+			out->live |= 1ull << bit;
+			memcpy(out->hash[bit], all.e[i].hash, BFS_HASH_SIZE);
+		}
+	}
+	free(all.e);
+	bmcache_put(op->t, ino, c, out);
+	return 0;
+}
+
+/* Ranges up to this many blocks read the ancestor levels through the
+ * cache (every READ and WRITE the kernel sends); longer ones (truncate,
+ * lseek over a sparse file) iterate, which skips empty stretches. */
+#define BC_MAX_BLOCKS (4 * BC_SPAN)
+
+/*
  * The visible block-map entries of @ino for blocks [first, last), sorted by
- * block, one per block (holes without any version are absent).
+ * block, one per block (holes without any version are absent).  Entries
+ * from levels >= 1 may come from the tree's cache: those say level 1 and
+ * epoch 0 (what set_block needs of them: not level 0).
  */
 static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		     uint64_t last, struct bvec *out)
 {
 	struct bvec all = { 0 };
-	int ret = 0, start = 0;
+	int ret = 0, start = 0, levels = op->n;
+	bool cached;
 
 	out->n = 0;
 	/* One block: a point read of the exact key first.  Writes always try
@@ -153,46 +246,30 @@ static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		if (level0_done(op))
 			start = 1;
 	}
-	for (int l = start; l < op->n && ret == 0; l++) {
-		uint8_t lo[24], hi[24];
-		size_t ll, hl;
-		uint64_t e = op_epoch(op, l), lastblk = UINT64_MAX;
-		struct kv_iter *it;
+	cached = op->n > 1 && first < last && last - first <= BC_MAX_BLOCKS &&
+		 bmcache_on(op->t);
+	if (cached)
+		levels = 1;
+	for (int l = start; l < levels && ret == 0; l++)
+		ret = scan_level(op, l, ino, first, last, &all);
+	for (uint64_t c = first / BC_SPAN; cached && ret == 0 &&
+	     c <= (last - 1) / BC_SPAN; c++) {
+		struct bc_chunk ch;
+		uint64_t from = c * BC_SPAN > first ? c * BC_SPAN : first;
+		uint64_t to = (c + 1) * BC_SPAN < last ? (c + 1) * BC_SPAN : last;
 
-		bmap_key_bounds(lo, hi, op->lv[l].b, ino, first, last, &ll, &hl);
-		it = kv_iter_new(op->kv, KV_CF_META, lo, ll, hi, hl);
-		if (!it)
-			return -ENOMEM;
-		for (kv_iter_seek_first(it); kv_iter_valid(it); kv_iter_next(it)) {
-			size_t kl, vl;
-			const uint8_t *k = kv_iter_key(it, &kl);
-			const uint8_t *v = kv_iter_value(it, &vl);
-			struct bent be = { 0 };
-			uint64_t ve;
+		ret = upper_chunk(op, ino, c, &ch);
+		for (uint64_t blk = from; ret == 0 && blk < to; blk++) {
+			unsigned bit = (unsigned)(blk - c * BC_SPAN);
+			struct bent be = { .blk = blk, .level = 1 };
 
-			if (kl != 29)
+			if (!(ch.present >> bit & 1))
 				continue;
-			ve = UINT64_MAX - bfs_get_u64(k + 21);
-			if (ve > e)
-				continue;
-			be.blk = bfs_get_u64(k + 13);
-			if (be.blk == lastblk) {
-				/* an older version at this level */
-				if (all.n && all.e[all.n - 1].blk == be.blk)
-					all.e[all.n - 1].below = true;
-				continue;
-			}
-			lastblk = be.blk;
-			be.level = l;
-			be.epoch = ve;
-			bent_value(&be, ino, v, vl);
+			be.live = ch.live >> bit & 1;
+			if (be.live)
+				memcpy(be.hash, ch.hash[bit], BFS_HASH_SIZE);
 			ret = bvec_push(&all, &be);
-			if (ret < 0)
-				break;
 		}
-		if (ret == 0)
-			ret = kv_iter_status(it);
-		kv_iter_free(it);
 	}
 	if (ret < 0) {
 		free(all.e);

@@ -10,7 +10,7 @@
  *   3. branch->ns_lock          namespace ops (dirents) of the branch
  *   4. snap->stripes[i]         per-inode record locks, ascending index
  *   5. kv's block lock          taken inside kv_block_ref*, until commit
- *   6. snap->open_lock, snap->ino_lock, a tree's upcache lock   leaf locks
+ *   6. snap->open_lock, snap->ino_lock, a tree's upcache and bmcache locks: leaf locks
  *
  * Invariant: an operation reads the branch's current epoch E once, under
  * epoch_lock held shared, and writes keys at epoch E only; so a snapshot
@@ -31,6 +31,7 @@
 #define SNAP_KEY_MAX 600u
 
 struct upcache;
+struct bmcache;
 
 struct snap_branch {
 	uint32_t id;
@@ -79,6 +80,7 @@ struct snap_tree {
 	struct snap_tree *next; /* tree table chain */
 	struct snap_branch *pin; /* pinned branch, once deleted while held */
 	_Atomic(struct upcache *) uc; /* ancestor lookups (upcache.c) */
+	_Atomic(struct bmcache *) bc; /* ancestor block maps (bmcache.c) */
 };
 
 struct snap_open_ent {
@@ -110,6 +112,7 @@ struct snap {
 	struct snap_branch **branches; /* protected by tree_lock */
 	size_t nbranches;
 	_Atomic size_t uc_bytes;      /* held by the trees' upcaches */
+	_Atomic size_t bc_bytes;      /* held by the trees' bmcaches */
 
 	pthread_mutex_t ino_lock;
 	uint64_t next_ino;     /* protected by ino_lock */
@@ -218,6 +221,31 @@ int upper_get(struct op *op, char pfx, const void *obj, size_t olen,
 void upcache_free(struct upcache *c);
 /* Lookups the tree's cache answered so far (tests). */
 uint64_t upcache_hits(struct snap_tree *t);
+
+/*
+ * The block maps of a tree's levels >= 1, a chunk of BC_SPAN blocks at a
+ * time (bmcache.c).  Bit i of @present: block chunk * BC_SPAN + i has a
+ * version at some level >= 1 (a tombstone included); of @live: the newest
+ * of those is a block, whose hash is hash[i].
+ */
+#define BC_SPAN 64
+struct bc_chunk {
+	uint64_t present;
+	uint64_t live;
+	uint8_t hash[BC_SPAN][BFS_HASH_SIZE];
+};
+/* True if @t has ancestor levels and a cache for them (made on first use,
+ * within the store's budget). */
+bool bmcache_on(struct snap_tree *t);
+/* 1 and *out filled if the chunk is cached, else 0. */
+int bmcache_get(struct snap_tree *t, uint64_t ino, uint64_t chunk,
+		struct bc_chunk *out);
+/* Keep what levels >= 1 hold for the chunk (read by the caller). */
+void bmcache_put(struct snap_tree *t, uint64_t ino, uint64_t chunk,
+		 const struct bc_chunk *in);
+void bmcache_free(struct bmcache *c);
+/* Chunks the tree's cache answered so far (tests). */
+uint64_t bmcache_hits(struct snap_tree *t);
 /* True if a live version exists below (level 0, op epoch). */
 int vhas_older(struct op *op, char pfx, const void *obj, size_t olen);
 /*

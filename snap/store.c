@@ -257,6 +257,7 @@ out_nomem:
 static void tree_free(struct snap_tree *t)
 {
 	upcache_free(atomic_load(&t->uc));
+	bmcache_free(atomic_load(&t->bc));
 	free(t->lv);
 	free(t);
 }

@@ -4166,6 +4166,222 @@ static void test_sync_tree(void **state)
 	snap_tree_put(b);
 }
 
+/* ---- the ancestor block-map cache (snap/bmcache.c) ---------------------- */
+
+#define BM_NB 300u /* blocks of the model file: 5 cache chunks */
+#define BM_SZ ((size_t)BM_NB * BS - 1000)
+
+static size_t bm_nonzero_blocks(const uint8_t *m, size_t size)
+{
+	size_t n = 0;
+
+	for (size_t off = 0; off < size; off += BS) {
+		size_t len = size - off < BS ? size - off : BS;
+
+		for (size_t i = 0; i < len; i++)
+			if (m[off + i]) {
+				n++;
+				break;
+			}
+	}
+	return n;
+}
+
+/* Random ranges of @ino in @t (many crossing a chunk boundary, some
+ * longer than the cached span) equal @m; so do the whole file and st_blocks. */
+static void bm_check(struct snap_tree *t, uint64_t ino, const uint8_t *m,
+		     size_t size, uint64_t *st)
+{
+	uint8_t *buf = malloc(5 * 64 * BS);
+
+	assert_non_null(buf);
+	check_data(t, ino, m, size);
+	assert_int_equal(ga(t, ino).blocks, bm_nonzero_blocks(m, size) * (BS / 512));
+	for (int i = 0; i < 200; i++) {
+		uint64_t off, len;
+		ssize_t r;
+
+		if (i % 3 == 0) { /* across a chunk boundary */
+			off = (1 + rnd(st) % 4) * 64 * BS - 1 - rnd(st) % (2 * BS);
+			len = 1 + rnd(st) % (3 * BS);
+		} else {
+			off = rnd(st) % size;
+			len = 1 + rnd(st) % (i % 7 == 0 ? 5 * 64 * BS : 2 * BS);
+		}
+		if (off + len > size)
+			len = size - off;
+		r = snap_read(t, ino, buf, len, off);
+		assert_int_equal(r, (ssize_t)len);
+		if (memcmp(buf, m + off, len) != 0)
+			fail_msg("tree %u: %llu bytes at %llu differ",
+				 snap_tree_id(t), (unsigned long long)len,
+				 (unsigned long long)off);
+	}
+	free(buf);
+}
+
+/* Random writes of the model file: whole blocks of new data, whole zero
+ * blocks (holes over what may be inherited), partial writes. */
+static void bm_scribble(struct snap_tree *t, uint64_t ino, uint8_t *m,
+			size_t size, uint64_t *st)
+{
+	uint8_t blk[3 * BS];
+
+	for (int i = 0; i < 60; i++) {
+		uint64_t off, len;
+
+		switch (i % 3) {
+		case 0:
+			off = rnd(st) % (size / BS) * BS;
+			len = BS;
+			fill_random(blk, len, st);
+			break;
+		case 1:
+			off = rnd(st) % (size / BS) * BS;
+			len = BS;
+			memset(blk, 0, len);
+			break;
+		default:
+			off = rnd(st) % size;
+			len = 1 + rnd(st) % sizeof(blk);
+			fill_random(blk, len, st);
+			break;
+		}
+		if (off + len > size)
+			len = size - off;
+		wr(t, ino, blk, len, off);
+		memcpy(m + off, blk, len);
+	}
+}
+
+/*
+ * Reads and writes of inherited blocks through a chain of ancestors whose
+ * newer levels punch holes in, overwrite and leave alone what older ones
+ * hold; the ancestors moving on afterwards; a reset.  The reads mix the
+ * cached path (ranges up to 4 chunks) with the iterated one (whole file).
+ */
+static void test_bmap_cache(void **state)
+{
+	struct env *e = *state;
+	uint64_t st = g_seed ^ 0xb10c, ino;
+	uint8_t *m0 = calloc(1, BM_SZ), *m1, *m2, *keep;
+	struct snap_tree *b1, *b2, *s1;
+
+	assert_non_null(m0);
+	ino = mkf(e->t, ROOT, "bm");
+	/* main: data with holes (every fifth block never written) */
+	for (size_t off = 0; off < BM_SZ; off += BS) {
+		size_t len = BM_SZ - off < BS ? BM_SZ - off : BS;
+
+		if (off / BS % 5 == 2)
+			continue;
+		fill_random(m0 + off, len, &st);
+		wr(e->t, ino, m0 + off, len, off);
+	}
+	set_size(e->t, ino, BM_SZ);
+	branch(e, "bm1", NULL);
+	b1 = T(e, "bm1");
+	m1 = malloc(BM_SZ);
+	assert_non_null(m1);
+	memcpy(m1, m0, BM_SZ);
+	bm_check(b1, ino, m1, BM_SZ, &st);
+	assert_true(bmcache_hits(b1) > 0);
+	/* main moves on: never seen by bm1 */
+	bm_scribble(e->t, ino, m0, BM_SZ, &st);
+	bm_check(b1, ino, m1, BM_SZ, &st);
+	bm_check(e->t, ino, m0, BM_SZ, &st);
+	/* bm1's own writes shadow what it reads through */
+	bm_scribble(b1, ino, m1, BM_SZ, &st);
+	bm_check(b1, ino, m1, BM_SZ, &st);
+	/* a branch of bm1: its newest ancestor (bm1) has holes and new
+	 * blocks over main's */
+	snapshot(e, "bm1", "bm1-s");
+	branch(e, "bm2", "bm1-s");
+	b2 = T(e, "bm2");
+	m2 = malloc(BM_SZ);
+	keep = malloc(BM_SZ);
+	assert_non_null(m2);
+	assert_non_null(keep);
+	memcpy(m2, m1, BM_SZ);
+	memcpy(keep, m1, BM_SZ);
+	bm_check(b2, ino, m2, BM_SZ, &st);
+	bm_scribble(b1, ino, m1, BM_SZ, &st); /* bm1 moves on */
+	bm_scribble(e->t, ino, m0, BM_SZ, &st);
+	bm_check(b2, ino, m2, BM_SZ, &st);
+	s1 = T(e, "bm1-s");
+	bm_check(s1, ino, keep, BM_SZ, &st);
+	snap_tree_put(s1);
+	bm_scribble(b2, ino, m2, BM_SZ, &st);
+	bm_check(b2, ino, m2, BM_SZ, &st);
+	bm_check(b1, ino, m1, BM_SZ, &st);
+	bm_check(e->t, ino, m0, BM_SZ, &st);
+	/* truncate then extend on bm2: no inherited block resurfaces */
+	set_size(b2, ino, BM_SZ / 3);
+	set_size(b2, ino, BM_SZ);
+	memset(m2 + BM_SZ / 3, 0, BM_SZ - BM_SZ / 3);
+	bm_check(b2, ino, m2, BM_SZ, &st);
+	/* a reset makes a new tree: bm2 is the snapshot again */
+	snap_tree_put(b2);
+	assert_int_equal(snap_branch_reset(e->s, "bm2", NULL, false, NULL), 0);
+	b2 = T(e, "bm2");
+	bm_check(b2, ino, keep, BM_SZ, &st);
+	snap_tree_put(b2);
+	snap_tree_put(b1);
+	free(m0);
+	free(m1);
+	free(m2);
+	free(keep);
+}
+
+/*
+ * More chunks than the cache has slots (4,096): one block in each of 80
+ * chunks of 64 files, read twice through a branch; every answer must be
+ * that file's and that chunk's, however the slots collide (both within a
+ * file and within a chunk index: dozens of each are expected).
+ */
+#define BMC_NF 64
+#define BMC_NC 80
+static void test_bmap_cache_collisions(void **state)
+{
+	struct env *e = *state;
+	static uint64_t ino[BMC_NF];
+	uint8_t want[BS], got[BS];
+	struct snap_tree *b;
+	char nm[16];
+
+	for (int f = 0; f < BMC_NF; f++) {
+		snprintf(nm, sizeof(nm), "c%03d", f);
+		ino[f] = mkf(e->t, ROOT, nm);
+		for (int c = 0; c < BMC_NC; c++) {
+			for (size_t i = 0; i < BS; i++)
+				want[i] = pat_byte(i, (uint32_t)(f * BMC_NC + c));
+			wr(e->t, ino[f], want, BS, (uint64_t)c * 64 * BS + (c % 7) * BS);
+		}
+	}
+	branch(e, "bmc", NULL);
+	b = T(e, "bmc");
+	for (int pass = 0; pass < 2; pass++)
+		for (int c = 0; c < BMC_NC; c++)
+			for (int f = 0; f < BMC_NF; f++) {
+				uint64_t at = (uint64_t)c * 64 * BS;
+
+				for (size_t i = 0; i < BS; i++)
+					want[i] = pat_byte(i, (uint32_t)(f * BMC_NC + c));
+				/* the block, and the hole before it */
+				assert_int_equal(snap_read(b, ino[f], got, BS,
+							   at + (c % 7) * BS),
+						 BS);
+				assert_memory_equal(got, want, BS);
+				if (c % 7) {
+					assert_int_equal(snap_read(b, ino[f], got, BS, at), BS);
+					memset(want, 0, BS);
+					assert_memory_equal(got, want, BS);
+				}
+			}
+	assert_true(bmcache_hits(b) > 0);
+	snap_tree_put(b);
+}
+
 #define T_(f) cmocka_unit_test_setup_teardown(f, setup, env_teardown)
 
 /*
@@ -4317,6 +4533,8 @@ int main(void)
 		T_(test_tombstones),
 		T_(test_ancestry_50),
 		T_(test_ancestor_cache),
+		T_(test_bmap_cache),
+		T_(test_bmap_cache_collisions),
 		T_(test_rename_links_snapshot),
 		T_(test_truncate_extend_branch),
 		T_(test_readdir_merge),
