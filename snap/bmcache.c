@@ -24,10 +24,12 @@
  * The pruner's exception of upcache.c applies the same way: a cached
  * tombstone may later have no key under it, and both mean "no block".
  *
- * Direct-mapped, BC_SLOTS per tree, made on first use; the slot array and
- * every entry count against one per-store budget (BC_BUDGET), so that
- * 1,000 branches never mean 1,000 full caches: past it, reads go to
- * RocksDB as before.  One mutex per tree, held for a compare and a copy.
+ * Direct-mapped, BC_SLOTS per tree, made on first use; the slot array (32
+ * KiB) and every entry count against one per-store budget (BC_BUDGET), so
+ * that 1,000 branches never mean 1,000 full caches.  Past it a chunk that
+ * is not cached is read as before, only the blocks asked for, and a fill
+ * is kept only in place of another chunk in its slot.  One mutex per tree,
+ * held for a compare and a copy (at most 1 KiB).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -36,7 +38,7 @@
 #include "snap_int.h"
 
 #define BC_SLOTS 4096u
-#define BC_BUDGET ((size_t)32 << 20)
+#define BC_BUDGET ((size_t)32 << 20) /* unless s->bc_budget says */
 
 struct bc_ent {
 	uint64_t ino;
@@ -52,6 +54,11 @@ struct bmcache {
 	_Atomic uint64_t hits; /* chunks answered (tests) */
 	struct bc_ent *slot[BC_SLOTS];
 };
+
+static size_t bc_budget(const struct snap *s)
+{
+	return s->bc_budget ? s->bc_budget : BC_BUDGET;
+}
 
 static size_t bc_size(const struct bc_ent *e)
 {
@@ -87,7 +94,7 @@ static struct bmcache *bc_of(struct snap_tree *t)
 
 	if (c)
 		return c;
-	if (atomic_fetch_add(&s->bc_bytes, sizeof(*c)) + sizeof(*c) > BC_BUDGET) {
+	if (atomic_fetch_add(&s->bc_bytes, sizeof(*c)) + sizeof(*c) > bc_budget(s)) {
 		atomic_fetch_sub(&s->bc_bytes, sizeof(*c));
 		return NULL;
 	}
@@ -135,6 +142,23 @@ int bmcache_get(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 	return 1;
 }
 
+/* Whether a fill of the chunk can be kept: its slot holds another chunk
+ * (a replacement) or the budget has room for a full entry.  Without,
+ * the caller reads only what it needs instead of a whole chunk. */
+bool bmcache_room(struct snap_tree *t, uint64_t ino, uint64_t chunk)
+{
+	struct bmcache *c = atomic_load(&t->bc);
+	bool occupied;
+
+	if (!c)
+		return false;
+	pthread_mutex_lock(&c->lock);
+	occupied = c->slot[bc_slot(ino, chunk)] != NULL;
+	pthread_mutex_unlock(&c->lock);
+	return occupied || atomic_load(&c->s->bc_bytes) + sizeof(struct bc_ent) +
+					   BC_SPAN * BFS_HASH_SIZE <= bc_budget(c->s);
+}
+
 void bmcache_put(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 		 const struct bc_chunk *in)
 {
@@ -146,15 +170,9 @@ void bmcache_put(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 
 	if (!c)
 		return;
-	if (atomic_fetch_add(&c->s->bc_bytes, size) + size > BC_BUDGET) {
-		atomic_fetch_sub(&c->s->bc_bytes, size);
-		return;
-	}
 	e = malloc(size);
-	if (!e) {
-		atomic_fetch_sub(&c->s->bc_bytes, size);
+	if (!e)
 		return;
-	}
 	e->ino = ino;
 	e->chunk = chunk;
 	e->present = in->present;
@@ -164,6 +182,15 @@ void bmcache_put(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 			memcpy(e->hash[k++], in->hash[i], BFS_HASH_SIZE);
 	pthread_mutex_lock(&c->lock);
 	old = c->slot[slot];
+	/* the budget bounds what the caches grow by: a replacement that
+	 * grows is charged the difference */
+	if (atomic_fetch_add(&c->s->bc_bytes, size) + size -
+		    (old ? bc_size(old) : 0) > bc_budget(c->s)) {
+		atomic_fetch_sub(&c->s->bc_bytes, size);
+		pthread_mutex_unlock(&c->lock);
+		free(e);
+		return;
+	}
 	c->slot[slot] = e;
 	pthread_mutex_unlock(&c->lock);
 	if (old)

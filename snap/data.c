@@ -181,19 +181,27 @@ static int scan_level(struct op *op, int l, uint64_t ino, uint64_t first,
 	return ret;
 }
 
-/* What levels >= 1 hold for chunk @c of @ino: from the tree's cache, or
- * read at each level and cached. */
+/*
+ * What levels >= 1 hold for blocks [from, to) of chunk @c of @ino: from the
+ * tree's cache, or read at each level; the whole chunk, and cached, when
+ * the cache has room for it (else only the blocks asked for).
+ */
 static int upper_chunk(struct op *op, uint64_t ino, uint64_t c,
-		       struct bc_chunk *out)
+		       uint64_t from, uint64_t to, struct bc_chunk *out)
 {
 	struct bvec all = { 0 };
+	bool keep;
 	int ret = 0;
 
 	if (bmcache_get(op->t, ino, c, out))
 		return 0;
+	keep = bmcache_room(op->t, ino, c);
+	if (keep) {
+		from = c * BC_SPAN;
+		to = (c + 1) * BC_SPAN;
+	}
 	for (int l = 1; l < op->n && ret == 0; l++)
-		ret = scan_level(op, l, ino, c * BC_SPAN, (c + 1) * BC_SPAN,
-				 &all);
+		ret = scan_level(op, l, ino, from, to, &all);
 	if (ret < 0) {
 		free(all.e);
 		return ret;
@@ -212,7 +220,8 @@ static int upper_chunk(struct op *op, uint64_t ino, uint64_t c,
 		}
 	}
 	free(all.e);
-	bmcache_put(op->t, ino, c, out);
+	if (keep)
+		bmcache_put(op->t, ino, c, out);
 	return 0;
 }
 
@@ -258,7 +267,7 @@ static int bmap_scan(struct op *op, uint64_t ino, uint64_t first,
 		uint64_t from = c * BC_SPAN > first ? c * BC_SPAN : first;
 		uint64_t to = (c + 1) * BC_SPAN < last ? (c + 1) * BC_SPAN : last;
 
-		ret = upper_chunk(op, ino, c, &ch);
+		ret = upper_chunk(op, ino, c, from, to, &ch);
 		for (uint64_t blk = from; ret == 0 && blk < to; blk++) {
 			unsigned bit = (unsigned)(blk - c * BC_SPAN);
 			struct bent be = { .blk = blk, .level = 1 };

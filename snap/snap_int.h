@@ -113,6 +113,7 @@ struct snap {
 	size_t nbranches;
 	_Atomic size_t uc_bytes;      /* held by the trees' upcaches */
 	_Atomic size_t bc_bytes;      /* held by the trees' bmcaches */
+	size_t bc_budget;             /* their limit; 0: the default (tests) */
 
 	pthread_mutex_t ino_lock;
 	uint64_t next_ino;     /* protected by ino_lock */
@@ -240,6 +241,9 @@ bool bmcache_on(struct snap_tree *t);
 /* 1 and *out filled if the chunk is cached, else 0. */
 int bmcache_get(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 		struct bc_chunk *out);
+/* Whether reading the whole chunk to keep it is worth it: the cache can
+ * keep it (a free slot within the budget, or a slot to replace). */
+bool bmcache_room(struct snap_tree *t, uint64_t ino, uint64_t chunk);
 /* Keep what levels >= 1 hold for the chunk (read by the caller). */
 void bmcache_put(struct snap_tree *t, uint64_t ino, uint64_t chunk,
 		 const struct bc_chunk *in);

@@ -4293,6 +4293,20 @@ static void test_bmap_cache(void **state)
 	/* bm1's own writes shadow what it reads through */
 	bm_scribble(b1, ino, m1, BM_SZ, &st);
 	bm_check(b1, ino, m1, BM_SZ, &st);
+	{ /* a hole punched over blocks it wrote over inherited ones: their
+	   * keys must become tombstones, or the inherited blocks come back */
+		uint8_t two[2 * BS];
+
+		fill_random(two, sizeof(two), &st);
+		wr(b1, ino, two, sizeof(two), 70 * BS);
+		memcpy(m1 + 70 * BS, two, sizeof(two));
+		bm_check(b1, ino, m1, BM_SZ, &st);
+		assert_int_equal(snap_fallocate(b1, ino, FALLOC_FL_PUNCH_HOLE |
+						FALLOC_FL_KEEP_SIZE, 70 * BS,
+						sizeof(two)), 0);
+		memset(m1 + 70 * BS, 0, sizeof(two));
+		bm_check(b1, ino, m1, BM_SZ, &st);
+	}
 	/* a branch of bm1: its newest ancestor (bm1) has holes and new
 	 * blocks over main's */
 	snapshot(e, "bm1", "bm1-s");
@@ -4380,6 +4394,89 @@ static void test_bmap_cache_collisions(void **state)
 			}
 	assert_true(bmcache_hits(b) > 0);
 	snap_tree_put(b);
+}
+
+struct bm_reader {
+	struct snap_tree *t;
+	uint64_t ino, seed;
+	const uint8_t *m;
+	int bad;
+};
+
+static void *bm_read_loop(void *arg)
+{
+	struct bm_reader *r = arg;
+	uint8_t *buf = malloc(3 * BS);
+
+	for (int i = 0; buf && i < 3000; i++) {
+		uint64_t off = rnd(&r->seed) % BM_SZ, len = 1 + rnd(&r->seed) % (3 * BS);
+
+		if (off + len > BM_SZ)
+			len = BM_SZ - off;
+		if (snap_read(r->t, r->ino, buf, len, off) != (ssize_t)len ||
+		    memcmp(buf, r->m + off, len) != 0)
+			r->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/*
+ * The cache over its budget: a store whose budget holds the slot array and
+ * a few chunks (fills that cannot be kept read only what was asked, kept
+ * ones replace others), and one too small for any cache; and four threads
+ * reading through one tree at once.  Answers never change, the budget
+ * holds.
+ */
+static void test_bmap_cache_budget(void **state)
+{
+	struct env *e = *state;
+	static const size_t budgets[] = { 40 * KiB, 1 * KiB, 0 };
+	uint64_t st = g_seed ^ 0xb0d9e7, ino;
+	uint8_t *m = calloc(1, BM_SZ);
+	char nm[16];
+
+	assert_non_null(m);
+	ino = mkf(e->t, ROOT, "bmb");
+	for (size_t off = 0; off < BM_SZ; off += BS) {
+		size_t len = BM_SZ - off < BS ? BM_SZ - off : BS;
+
+		if (off / BS % 4 == 1)
+			continue;
+		fill_random(m + off, len, &st);
+		wr(e->t, ino, m + off, len, off);
+	}
+	for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+		struct snap_tree *b;
+		struct bm_reader r[4];
+		pthread_t th[4];
+
+		e->s->bc_budget = budgets[i];
+		snprintf(nm, sizeof(nm), "bmb%zu", i);
+		branch(e, nm, NULL);
+		b = T(e, nm);
+		bm_check(b, ino, m, BM_SZ, &st);
+		bm_check(b, ino, m, BM_SZ, &st);
+		for (int k = 0; k < 4; k++) {
+			r[k] = (struct bm_reader){ b, ino, st + (uint64_t)k * 7919, m, 0 };
+			assert_int_equal(pthread_create(&th[k], NULL, bm_read_loop, &r[k]), 0);
+		}
+		for (int k = 0; k < 4; k++) {
+			assert_int_equal(pthread_join(th[k], NULL), 0);
+			assert_int_equal(r[k].bad, 0);
+		}
+		/* (the first tree's cache stays with the store: trees live
+		 * until it is closed) */
+		if (i == 0)
+			assert_true(atomic_load(&e->s->bc_bytes) <= budgets[i]);
+		if (budgets[i] == 1 * KiB)
+			assert_int_equal(bmcache_hits(b), 0);
+		else
+			assert_true(bmcache_hits(b) > 0);
+		snap_tree_put(b);
+	}
+	e->s->bc_budget = 0;
+	free(m);
 }
 
 #define T_(f) cmocka_unit_test_setup_teardown(f, setup, env_teardown)
@@ -4535,6 +4632,7 @@ int main(void)
 		T_(test_ancestor_cache),
 		T_(test_bmap_cache),
 		T_(test_bmap_cache_collisions),
+		T_(test_bmap_cache_budget),
 		T_(test_rename_links_snapshot),
 		T_(test_truncate_extend_branch),
 		T_(test_readdir_merge),
