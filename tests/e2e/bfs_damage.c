@@ -9,6 +9,9 @@
  *       PATH shows in branch BRANCH with other bytes (same key, raw codec)
  *   bfs_damage STORE inode BRANCH PATH
  *       truncate the inode record that BRANCH reads for PATH to 40 bytes
+ *   bfs_damage STORE xattr BRANCH PATH NAME VALUE
+ *       store xattr NAME of PATH in BRANCH, whatever the name (as a store
+ *       written before the mount refused POSIX ACLs holds them)
  *
  * Prints the damaged key's hash (block) or inode number.  Exit 0 done,
  * 1 failed, 2 usage.
@@ -100,14 +103,17 @@ int main(int argc, char **argv)
 	void *val;
 	int ret;
 
-	if (argc < 5 || argc > 6 ||
-	    (strcmp(argv[2], "block") && strcmp(argv[2], "inode"))) {
-		fprintf(stderr, "usage: bfs_damage STORE block|inode BRANCH PATH [N]\n");
+	bool xattr = argc == 7 && !strcmp(argv[2], "xattr");
+
+	if (!xattr && (argc < 5 || argc > 6 ||
+		       (strcmp(argv[2], "block") && strcmp(argv[2], "inode")))) {
+		fprintf(stderr, "usage: bfs_damage STORE block|inode BRANCH PATH [N]"
+				" | STORE xattr BRANCH PATH NAME VALUE\n");
 		return 2;
 	}
 	if (argc == 6)
 		blk = strtoull(argv[5], NULL, 10);
-	ret = snap_open(argv[1], SNAP_OPEN_CHECK, &s);
+	ret = snap_open(argv[1], xattr ? 0 : SNAP_OPEN_CHECK, &s);
 	if (ret < 0)
 		return fail("open", ret);
 	ret = snap_branch_find(s, argv[3], &id);
@@ -118,6 +124,14 @@ int main(int argc, char **argv)
 	ret = walk(t, argv[4], &ino);
 	if (ret < 0)
 		return fail(argv[4], ret);
+	if (xattr) {
+		ret = snap_setxattr(t, ino, argv[5], argv[6], strlen(argv[6]), 0);
+		if (ret == 0)
+			ret = snap_sync(s);
+		snap_tree_put(t);
+		snap_close(s);
+		return ret < 0 ? fail("setxattr", ret) : 0;
+	}
 	bfs_put_u64(obj, ino);
 	bfs_put_u64(obj + 8, blk);
 	b = kv_batch_new();
