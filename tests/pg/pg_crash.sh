@@ -52,7 +52,17 @@ churn() {
 	done
 }
 
-acks() { cat "$W"/ack.* 2>/dev/null | wc -l; }
+# Acknowledged ids so far.  The clients create their files when they start,
+# which may be after the first count: with none yet, `cat ack.*` failed, and
+# pipefail with set -e ended the test at once without a word (seen in CI).
+acks() {
+	local f n=0
+	for f in "$W"/ack.*; do
+		[ -f "$f" ] || continue
+		n=$((n + $(wc -l <"$f")))
+	done
+	echo "$n"
+}
 
 for round in $(seq 1 "$ROUNDS"); do
 	pgl_log "round $round: $CLIENTS committing clients + churn"
