@@ -4254,6 +4254,24 @@ static void bm_scribble(struct snap_tree *t, uint64_t ino, uint8_t *m,
 	}
 }
 
+/* New file @name in main holding random data (model @m, BM_SZ bytes, zeroed
+ * by the caller), but for the blocks whose index mod @every is @hole: holes. */
+static uint64_t bm_make(struct env *e, const char *name, uint8_t *m,
+			unsigned every, unsigned hole, uint64_t *st)
+{
+	uint64_t ino = mkf(e->t, ROOT, name);
+
+	for (size_t off = 0; off < BM_SZ; off += BS) {
+		size_t len = BM_SZ - off < BS ? BM_SZ - off : BS;
+
+		if (off / BS % every == hole)
+			continue;
+		fill_random(m + off, len, st);
+		wr(e->t, ino, m + off, len, off);
+	}
+	return ino;
+}
+
 /*
  * Reads and writes of inherited blocks through a chain of ancestors whose
  * newer levels punch holes in, overwrite and leave alone what older ones
@@ -4268,16 +4286,8 @@ static void test_bmap_cache(void **state)
 	struct snap_tree *b1, *b2, *s1;
 
 	assert_non_null(m0);
-	ino = mkf(e->t, ROOT, "bm");
 	/* main: data with holes (every fifth block never written) */
-	for (size_t off = 0; off < BM_SZ; off += BS) {
-		size_t len = BM_SZ - off < BS ? BM_SZ - off : BS;
-
-		if (off / BS % 5 == 2)
-			continue;
-		fill_random(m0 + off, len, &st);
-		wr(e->t, ino, m0 + off, len, off);
-	}
+	ino = bm_make(e, "bm", m0, 5, 2, &st);
 	set_size(e->t, ino, BM_SZ);
 	branch(e, "bm1", NULL);
 	b1 = T(e, "bm1");
@@ -4437,15 +4447,7 @@ static void test_bmap_cache_budget(void **state)
 	char nm[16];
 
 	assert_non_null(m);
-	ino = mkf(e->t, ROOT, "bmb");
-	for (size_t off = 0; off < BM_SZ; off += BS) {
-		size_t len = BM_SZ - off < BS ? BM_SZ - off : BS;
-
-		if (off / BS % 4 == 1)
-			continue;
-		fill_random(m + off, len, &st);
-		wr(e->t, ino, m + off, len, off);
-	}
+	ino = bm_make(e, "bmb", m, 4, 1, &st);
 	for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
 		struct snap_tree *b;
 		struct bm_reader r[4];
