@@ -1250,6 +1250,14 @@ int fs_serve(struct snap *s, const struct fs_opts *o)
 	}
 	if (fs_initio_setup(se) != 0)
 		fs_log("cannot install the /dev/fuse shim; writes will be slower");
+	if (o->writeback) {
+		int r = fs_bdi_raise(o->mountpoint, FS_WRITEBACK_DIRTY_RATIO);
+
+		if (r < 0)
+			fs_log("cannot raise the dirty-page limit of the mount "
+			       "(max_ratio of its backing device): %s; writes "
+			       "will be throttled sooner", strerror(-r));
+	}
 	fs.se = se;
 	ready(&ready_fd, 0);
 	cfg = fuse_loop_cfg_create();

@@ -10,6 +10,7 @@
 #ifndef BFS_FS_H
 #define BFS_FS_H
 
+#include <limits.h>
 #include <stdbool.h>
 
 struct snap;
@@ -36,5 +37,28 @@ struct fs_opts {
  * negative errno.  @s stays owned by the caller.
  */
 int fs_serve(struct snap *s, const struct fs_opts *o);
+
+/* Whether resolved path @p is @dir or below it. */
+bool fs_path_within(const char *p, const char *dir);
+
+struct fs_mount_info {
+	char mp[PATH_MAX];    /* mountpoint */
+	char store[PATH_MAX]; /* the store it serves ("" if unknown) */
+	long owner;           /* uid that mounted it, -1 unknown */
+	unsigned dev_major, dev_minor; /* st_dev: names its backing device */
+};
+
+/*
+ * Find the branchfs mount at @path in /proc/self/mountinfo (@above: at
+ * @path or at a directory above it); with several, the last (the one on
+ * top).  1 found (*@mi filled), 0 not found, or a negative errno.
+ */
+int fs_mount_find(const char *path, bool above, struct fs_mount_info *mi);
+
+/* Dirty-page limit of a --writeback mount: raise the max_ratio of the
+ * backing device of the branchfs mount at @mountpoint to @ratio percent
+ * (left alone if already as high).  0 or a negative errno. */
+#define FS_WRITEBACK_DIRTY_RATIO 10u
+int fs_bdi_raise(const char *mountpoint, unsigned ratio);
 
 #endif /* BFS_FS_H */

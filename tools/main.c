@@ -283,16 +283,6 @@ static int open_unless_served(const char *store, unsigned flags,
 	}
 }
 
-/* Whether resolved path @p is @dir or below it. */
-static bool path_within(const char *p, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	if (n == 1) /* "/" */
-		return true;
-	return strncmp(p, dir, n) == 0 && (p[n] == '\0' || p[n] == '/');
-}
-
 static int cmd_mount(int argc, char **argv)
 {
 	struct fs_opts o = { .ready_fd = -1 };
@@ -366,7 +356,7 @@ static int cmd_mount(int argc, char **argv)
 	/* A mount over the store would hide its files from the daemon itself
 	 * (the next new RocksDB file would resolve into the mount: every
 	 * write EIO), and one inside it would shadow part of it. */
-	if (path_within(store, mnt) || path_within(mnt, store)) {
+	if (fs_path_within(store, mnt) || fs_path_within(mnt, store)) {
 		die_msg("cannot mount store %s on %s: the mountpoint must be "
 			"outside the store and not contain it", store, mnt);
 		return 1;
@@ -485,79 +475,29 @@ static int cmd_mount(int argc, char **argv)
 
 /* ---- umount --------------------------------------------------------------- */
 
-/* Undo mountinfo's escapes in place: the kernel writes space, tab, newline
- * and backslash in paths as \040, \011, \012 and \134. */
-static void mountinfo_unescape(char *s)
-{
-	char *w = s;
-
-	for (const char *r = s; *r; w++) {
-		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' &&
-		    r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
-			*w = (char)((r[1] - '0') << 6 | (r[2] - '0') << 3 |
-				    (r[3] - '0'));
-			r += 4;
-		} else {
-			*w = *r++;
-		}
-	}
-	*w = '\0';
-}
-
-/* Find branchfs mount @mnt in /proc/self/mountinfo (@above: the last one
- * at @mnt or at a directory above it, its mountpoint in @mpout): store path
- * in @store, the uid that mounted it in *@owner (-1 unknown).  1 found. */
-static int scan_mounts(const char *mnt, bool above, char *mpout,
-		       char *store, size_t size, long *owner)
-{
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[8192];
-	int found = 0;
-
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f)) {
-		char mp[PATH_MAX], fstype[64], src[PATH_MAX];
-		char *dash = strstr(line, " - ");
-
-		if (!dash)
-			continue;
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1)
-			continue;
-		if (sscanf(dash + 3, "%63s %4095s", fstype, src) != 2)
-			continue;
-		mountinfo_unescape(mp);
-		mountinfo_unescape(src);
-		if ((above ? !path_within(mnt, mp) : strcmp(mp, mnt) != 0) ||
-		    strcmp(fstype, "fuse.branchfs"))
-			continue;
-		if (mpout)
-			snprintf(mpout, size, "%s", mp);
-		if (store)
-			snprintf(store, size, "%s",
-				 strncmp(src, "branchfs:", 9) ? "" : src + 9);
-		if (owner) { /* in the super options, after the source */
-			const char *so = strchr(dash + 3, ' ');
-			const char *u = so ? strchr(so + 1, ' ') : NULL;
-
-			u = u ? strstr(u, ",user_id=") : NULL;
-			*owner = u ? strtol(u + 9, NULL, 10) : -1;
-		}
-		found = 1;
-	}
-	fclose(f);
-	return found;
-}
-
 static int find_mount(const char *mnt, char *store, size_t size, long *owner)
 {
-	return scan_mounts(mnt, false, NULL, store, size, owner);
+	struct fs_mount_info mi;
+	int ret = fs_mount_find(mnt, false, &mi);
+
+	if (ret > 0) {
+		if (store)
+			snprintf(store, size, "%s", mi.store);
+		if (owner)
+			*owner = mi.owner;
+	}
+	return ret;
 }
 
 /* A branchfs mount whose tree holds @path: its mountpoint in @mp. */
 static int find_mount_above(const char *path, char *mp, size_t size)
 {
-	return scan_mounts(path, true, mp, NULL, size, NULL);
+	struct fs_mount_info mi;
+	int ret = fs_mount_find(path, true, &mi);
+
+	if (ret > 0)
+		snprintf(mp, size, "%s", mi.mp);
+	return ret;
 }
 
 /* Absolute, normalised form of @path without following the last part
@@ -641,7 +581,7 @@ static bool proc_link_within(const char *pid, const char *what,
 	if (n <= 0)
 		return false;
 	t[n] = '\0';
-	return path_within(t, mnt);
+	return fs_path_within(t, mnt);
 }
 
 /*

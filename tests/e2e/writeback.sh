@@ -4,13 +4,20 @@
 # 1. Files written and closed just before a snapshot or branch are in it
 #    (close writes back), and so is what a still-open file fsynced; the rest
 #    of an open file's writes may be missing (crash-consistent contract).
-# 2. The mode-independent tests run again in this mode: posix_ops, fsx and
+# 2. The mount's backing device may hold 10% of the system's dirty-page
+#    threshold (max_ratio; the kernel's default for FUSE is 1%).
+# 3. The mode-independent tests run again in this mode: posix_ops, fsx and
 #    kill9 (nothing fsynced is lost when the daemon is killed).
 . "$(dirname "$0")/lib.sh"
 
 export BFS_MOUNT_OPTS=--writeback
 bfs_setup
 export BRANCHFS_STORE=$STORE
+
+bfs_step "the dirty-page limit of the mount is raised"
+dev=$(mountpoint -d "$MNT") || bfs_fail "mountpoint -d $MNT"
+ratio=$(cat "/sys/class/bdi/$dev/max_ratio") || bfs_fail "no backing device $dev"
+[ "$ratio" -ge 10 ] || bfs_fail "max_ratio of the mount's backing device $dev is $ratio, not 10"
 
 bfs_step "write without fsync, then snapshot and branch at once"
 for round in 1 2 3; do
