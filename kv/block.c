@@ -226,6 +226,7 @@ void kv_block_unref(struct kv *kv, struct kv_batch *b,
 	/* Shared lock: see the file comment (GC must not delete this queue
 	 * entry on the strength of a count read before the -1 lands). */
 	kv_batch_lock_blocks(kv, b);
+	atomic_fetch_add(&kv->unrefs, 1);
 	ref_merge(b, hash, -1, 0);
 	qkey[0] = BFS_PFX_GCQ;
 	memcpy(qkey + 1, hash, BFS_HASH_SIZE);
@@ -375,31 +376,39 @@ out_zero:
 /* ---- garbage collection ------------------------------------------------- */
 
 /*
- * One GC step under the exclusive block lock: examine up to @budget queue
- * entries at or after @start (*start_len bytes), free what has count <= 0,
- * drop the entries, commit.  @start is advanced past the last entry seen;
- * *seen gets the number of entries examined (0 = queue exhausted).
+ * One GC step: examine up to @budget queue entries at or after @start
+ * (*start_len bytes), free what has count <= 0, drop the entries, commit.
+ * @start is advanced past the last entry seen; *seen gets the number of
+ * entries examined (fewer than @budget: the end of the queue).
+ *
+ * The entries are listed without the block lock: the walk may cross many
+ * tombstones of entries freed earlier (RocksDB keeps them until it
+ * compacts), and the exclusive lock stops every read and write of the
+ * store.  Only the counts are read under it, with one point read each, so
+ * the decision is made on the count at the commit.  An entry freed by
+ * another pass in between is harmless to see again: its block is deleted
+ * only if its count is still <= 0 (R2 allows it whether or not it is
+ * queued), and a new reference since would show in the count.
  */
 static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 		   size_t *start_len, size_t budget, size_t *seen,
 		   size_t *freed)
 {
 	static const uint8_t qend[1] = { BFS_PFX_GCQ + 1 };
+	uint8_t hashes[KV_GC_BATCH][BFS_HASH_SIZE];
 	char hex[2 * BFS_HASH_SIZE + 1];
 	struct kv_iter *it;
-	size_t n = 0, nfreed = 0;
+	size_t n = 0, nq = 0, nfreed = 0;
 	int ret, ret2;
 
-	pthread_rwlock_wrlock(&kv->block_lock);
+	if (budget > KV_GC_BATCH)
+		budget = KV_GC_BATCH;
 	it = kv_iter_new_internal(kv, KV_CF_SYS, start, *start_len, qend,
 				  sizeof(qend), false);
 	for (kv_iter_seek_first(it); kv_iter_valid(it) && n < budget;
 	     kv_iter_next(it)) {
-		const uint8_t *key, *hash;
+		const uint8_t *key;
 		size_t klen;
-		int64_t count;
-		uint32_t len;
-		bool found;
 
 		key = kv_iter_key(it, &klen);
 		n++;
@@ -409,14 +418,25 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 			kv_batch_delete(b, KV_CF_SYS, key, klen);
 			continue;
 		}
-		hash = key + 1;
+		memcpy(hashes[nq++], key + 1, BFS_HASH_SIZE);
 		memcpy(start, key, klen);
 		start[klen] = 0; /* resume just after this key */
 		*start_len = klen + 1;
+	}
+	ret = kv_iter_status(it);
+	kv_iter_free(it);
+
+	pthread_rwlock_wrlock(&kv->block_lock);
+	for (size_t i = 0; i < nq && !ret; i++) {
+		const uint8_t *hash = hashes[i];
+		uint8_t qkey[1 + BFS_HASH_SIZE];
+		int64_t count;
+		uint32_t len;
+		bool found;
 
 		ret = ref_read(kv, hash, &count, &len, &found);
 		if (ret)
-			goto out_free_iter;
+			break;
 		if (count < 0) {
 			hash_hex(hash, hex);
 			kv_log("bug: block %s: reference count %lld; freeing it",
@@ -428,11 +448,10 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 			if (found)
 				nfreed++;
 		}
-		kv_batch_delete(b, KV_CF_SYS, key, klen);
+		qkey[0] = BFS_PFX_GCQ;
+		memcpy(qkey + 1, hash, BFS_HASH_SIZE);
+		kv_batch_delete(b, KV_CF_SYS, qkey, sizeof(qkey));
 	}
-	ret = kv_iter_status(it);
-out_free_iter:
-	kv_iter_free(it);
 	/* Commit even after a read error: what was decided is valid. */
 	ret2 = kv_batch_count(b) ? kv_commit(kv, b) : 0;
 	pthread_rwlock_unlock(&kv->block_lock);
@@ -448,6 +467,7 @@ int kv_gc(struct kv *kv, size_t max, size_t *freed)
 {
 	uint8_t start[2 + BFS_HASH_SIZE] = { BFS_PFX_GCQ };
 	size_t start_len = 1, total = 0, nfreed = 0, seen, budget;
+	uint_fast64_t unrefs;
 	struct kv_batch *b;
 	int ret = 0;
 
@@ -465,6 +485,12 @@ int kv_gc(struct kv *kv, size_t max, size_t *freed)
 	b = kv_batch_new();
 	if (!b)
 		return -ENOMEM;
+	/* Under the exclusive lock no batch that unreferences is open: every
+	 * unref counted here is committed (or dropped), so in the queue this
+	 * pass walks. */
+	pthread_rwlock_wrlock(&kv->block_lock);
+	unrefs = atomic_load(&kv->unrefs);
+	pthread_rwlock_unlock(&kv->block_lock);
 	do {
 		budget = KV_GC_BATCH;
 		if (max && max - total < budget)
@@ -473,10 +499,22 @@ int kv_gc(struct kv *kv, size_t max, size_t *freed)
 		ret = gc_step(kv, b, start, &start_len, budget, &seen, &nfreed);
 		total += seen;
 	} while (!ret && seen == budget && (!max || total < max));
+	if (!ret && seen < budget)
+		atomic_store(&kv->gc_clean_at, unrefs);
 	kv_batch_free(b);
 	if (freed)
 		*freed = nfreed;
 	return ret;
+}
+
+int kv_gc_if_queued(struct kv *kv, size_t max, size_t *freed)
+{
+	if (atomic_load(&kv->gc_clean_at) == atomic_load(&kv->unrefs)) {
+		if (freed)
+			*freed = 0;
+		return 0;
+	}
+	return kv_gc(kv, max, freed);
 }
 
 /* ---- statistics --------------------------------------------------------- */

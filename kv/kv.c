@@ -446,6 +446,8 @@ int kv_open_named(const char *dbdir, const char *store,
 	if (ret)
 		goto out_free_dbdir;
 	kv->wal_low_room = KV_WAL_LOW_ROOM;
+	atomic_init(&kv->unrefs, 0);
+	atomic_init(&kv->gc_clean_at, KV_GC_UNKNOWN);
 	ret = -pthread_mutex_init(&kv->sync_lock, NULL);
 	if (ret)
 		goto out_destroy_block_lock;

@@ -226,6 +226,17 @@ int kv_block_refcount(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE],
  */
 int kv_gc(struct kv *kv, size_t max, size_t *freed);
 
+/*
+ * kv_gc(), unless no block was unreferenced through kv_block_unref() since
+ * the start of the last kv_gc() pass that went through the whole queue (0
+ * at once).  For a periodic collector: a pass walks the queue from its
+ * start, over the tombstones RocksDB keeps of entries already freed until
+ * it compacts them away, which costs CPU even with nothing to free.  Queue
+ * entries written some other way (snap/check.c's repair) wait for the next
+ * kv_gc().
+ */
+int kv_gc_if_queued(struct kv *kv, size_t max, size_t *freed);
+
 struct kv_stats {
 	uint64_t blocks;        /* distinct stored blocks */
 	uint64_t refs;          /* references (sum of counts) */

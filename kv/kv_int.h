@@ -87,6 +87,12 @@ struct kv {
 	 */
 	pthread_rwlock_t block_lock;
 
+	/* kv_block_unref() calls so far, and its value when a kv_gc() pass
+	 * that reached the end of the queue began (KV_GC_UNKNOWN: none yet).
+	 * Equal: nothing was queued since, and kv_gc_if_queued() skips. */
+	atomic_uint_fast64_t unrefs;
+	atomic_uint_fast64_t gc_clean_at;
+
 	pthread_mutex_t sync_lock;
 	pthread_cond_t sync_cond;
 	atomic_uint_fast64_t committed;
@@ -102,6 +108,8 @@ struct kv {
 
 	struct kv_fault fault;
 };
+
+#define KV_GC_UNKNOWN UINT64_MAX
 
 /* Operation kinds recorded in a kv_batch. */
 enum kv_op {

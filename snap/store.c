@@ -1046,7 +1046,7 @@ static void *gc_main(void *arg)
 		pthread_mutex_unlock(&s->gc_lock);
 		if (prune)
 			retry_prune = snap_prune(s) < 0 ? tick + 10 : 0;
-		ret = kv_gc(s->kv, 16384, NULL);
+		ret = kv_gc_if_queued(s->kv, 16384, NULL);
 		/* log a failure once, not every second while the disk is full */
 		if (ret < 0 && ret != last_err)
 			kv_log("background gc: %s", strerror(-ret));

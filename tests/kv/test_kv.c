@@ -790,6 +790,94 @@ static void test_gc_max(void **state)
 	kv_batch_free(b);
 }
 
+/* Drop one reference to @hash and queue it for GC the way snap/check.c's
+ * repair does: with the records themselves, not kv_block_unref(). */
+static void unref_behind_gc(struct kv *kv, const uint8_t hash[BFS_HASH_SIZE])
+{
+	struct kv_batch *b = kv_batch_new();
+	uint8_t v[BFS_REF_VALUE_SIZE], q[1 + BFS_HASH_SIZE] = { BFS_PFX_GCQ };
+
+	kv_ref_encode(v, -1, 0);
+	kv_batch_merge(b, KV_CF_REFS, hash, BFS_HASH_SIZE, v, sizeof(v));
+	memcpy(q + 1, hash, BFS_HASH_SIZE);
+	kv_batch_put(b, KV_CF_SYS, q, sizeof(q), NULL, 0);
+	assert_int_equal(kv_commit(kv, b), 0);
+	kv_batch_free(b);
+}
+
+/*
+ * kv_gc_if_queued() walks the queue only when kv_block_unref() ran since
+ * the last complete pass; kv_gc() always does.
+ */
+static void test_gc_if_queued(void **state)
+{
+	struct env *e = *state;
+	enum { N = 600 };
+	static uint8_t hashes[N][BFS_HASH_SIZE];
+	uint8_t blk[BFS_BLOCK_SIZE], out[BFS_BLOCK_SIZE];
+	uint8_t h1[BFS_HASH_SIZE], h2[BFS_HASH_SIZE], h3[BFS_HASH_SIZE];
+	struct kv_batch *b;
+	struct kv_stats st;
+	size_t freed = 99;
+
+	/* No pass yet since the open: the first one walks. */
+	fill_text(blk, 31);
+	assert_int_equal(ref_commit(e->kv, blk, h1), 0);
+	unref_behind_gc(e->kv, h1);
+	assert_int_equal(kv_gc_if_queued(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 1);
+	expect_corrupt(e->kv, h1);
+
+	/* Clean: an entry queued behind its back waits for kv_gc(). */
+	fill_text(blk, 32);
+	assert_int_equal(ref_commit(e->kv, blk, h2), 0);
+	unref_behind_gc(e->kv, h2);
+	assert_int_equal(kv_gc_if_queued(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 0);
+	assert_int_equal(kv_block_read(e->kv, h2, out), 0);
+	assert_int_equal(kv_gc(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 1);
+	expect_corrupt(e->kv, h2);
+
+	/* kv_block_unref() makes the next one walk. */
+	fill_text(blk, 33);
+	assert_int_equal(ref_commit(e->kv, blk, h3), 0);
+	assert_int_equal(unref_commit(e->kv, h3), 0);
+	assert_int_equal(kv_gc_if_queued(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 1);
+	expect_corrupt(e->kv, h3);
+	assert_int_equal(kv_gc_if_queued(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 0);
+
+	/* A pass cut short by @max is not complete: the next one walks on. */
+	b = kv_batch_new();
+	for (int i = 0; i < N; i++) {
+		fill_text(blk, 2000 + (uint64_t)i);
+		assert_int_equal(kv_block_ref(e->kv, b, blk, hashes[i]), 0);
+	}
+	assert_int_equal(kv_commit(e->kv, b), 0);
+	for (int i = 0; i < N; i++)
+		kv_block_unref(e->kv, b, hashes[i]);
+	assert_int_equal(kv_commit(e->kv, b), 0);
+	kv_batch_free(b);
+	for (int done = 0; done < N; done += 256) {
+		assert_int_equal(kv_gc_if_queued(e->kv, 256, &freed), 0);
+		assert_int_equal(freed, N - done < 256 ? N - done : 256);
+	}
+	assert_int_equal(kv_stats(e->kv, &st), 0);
+	assert_int_equal(st.gc_pending, 0);
+	assert_int_equal(st.blocks, 0);
+
+	/* What was queued before a close is collected after the open. */
+	fill_text(blk, 34);
+	assert_int_equal(ref_commit(e->kv, blk, h1), 0);
+	unref_behind_gc(e->kv, h1);
+	reopen(e, 0);
+	assert_int_equal(kv_gc_if_queued(e->kv, 0, &freed), 0);
+	assert_int_equal(freed, 1);
+	expect_corrupt(e->kv, h1);
+}
+
 static void test_compact_reclaims(void **state)
 {
 	struct env *e = *state;
@@ -1372,6 +1460,8 @@ static void *gc_writer_main(void *p)
 	return NULL;
 }
 
+/* Two collectors: passes overlap (each lists entries before it locks),
+ * one of them the periodic kind that may skip. */
 static void *gc_main(void *p)
 {
 	struct gc_shared *sh = p;
@@ -1385,12 +1475,25 @@ static void *gc_main(void *p)
 	return NULL;
 }
 
+static void *gc_periodic_main(void *p)
+{
+	struct gc_shared *sh = p;
+	size_t freed;
+
+	while (!atomic_load(&sh->stop)) {
+		if (kv_gc_if_queued(sh->kv, 300, &freed))
+			atomic_fetch_add(&sh->failures, 1);
+		atomic_fetch_add(&sh->freed, freed);
+	}
+	return NULL;
+}
+
 static void test_gc_concurrent(void **state)
 {
 	struct env *e = *state;
 	static struct gc_shared sh;
 	struct gc_writer w[GC_WRITERS];
-	pthread_t wt[GC_WRITERS], gt;
+	pthread_t wt[GC_WRITERS], gt, gt2;
 	uint8_t out[BFS_BLOCK_SIZE];
 	struct kv_stats st;
 	size_t freed;
@@ -1405,6 +1508,7 @@ static void test_gc_concurrent(void **state)
 		kv_block_hash(sh.data[k], sh.hash[k]);
 	}
 	assert_int_equal(pthread_create(&gt, NULL, gc_main, &sh), 0);
+	assert_int_equal(pthread_create(&gt2, NULL, gc_periodic_main, &sh), 0);
 	for (int i = 0; i < GC_WRITERS; i++) {
 		memset(&w[i], 0, sizeof(w[i]));
 		w[i].sh = &sh;
@@ -1416,6 +1520,7 @@ static void test_gc_concurrent(void **state)
 		pthread_join(wt[i], NULL);
 	atomic_store(&sh.stop, true);
 	pthread_join(gt, NULL);
+	pthread_join(gt2, NULL);
 	assert_int_equal(atomic_load(&sh.failures), 0);
 	print_message("gc concurrent: %lu blocks freed while writing\n",
 		      atomic_load(&sh.freed));
@@ -1595,6 +1700,7 @@ int main(void)
 		T(test_corruption),
 		T(test_gc_frees),
 		T(test_gc_max),
+		T(test_gc_if_queued),
 		T(test_compact_reclaims),
 		T(test_stats),
 		T(test_group_commit),
