@@ -77,13 +77,14 @@ struct kv {
 	/*
 	 * The block lock.  Batches that reference or unreference blocks hold
 	 * it shared from the first kv_block_ref/_ref_hash/_unref until
-	 * kv_commit/kv_batch_free; kv_gc holds it exclusive while it reads
-	 * counts and deletes.  So a block seen to exist by a reference cannot
-	 * be freed before that reference is committed, and a queue entry
-	 * written by an unref cannot be deleted by a GC pass that read the
-	 * count before the unref landed.  glibc's default rwlock prefers
-	 * readers: a thread may hold it through two open batches without
-	 * deadlocking against a waiting kv_gc.
+	 * kv_commit/kv_batch_free, and so do reads (kv_read_begin/_end);
+	 * kv_gc holds it exclusive while it reads counts and deletes (it
+	 * lists the queue entries before it takes it).  So a block seen to
+	 * exist by a reference cannot be freed before that reference is
+	 * committed, and a queue entry written by an unref cannot be deleted
+	 * by a GC pass that read the count before the unref landed.  The lock
+	 * prefers writers (kv_open), so a thread must never hold it shared
+	 * twice: it would deadlock against a waiting kv_gc.
 	 */
 	pthread_rwlock_t block_lock;
 
