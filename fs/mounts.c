@@ -129,8 +129,9 @@ int fs_bdi_raise(const char *mountpoint, unsigned ratio)
 			return 0;
 		}
 	}
-	n = snprintf(cur, sizeof(cur), "%u\n", ratio);
-	ret = pwrite(fd, cur, (size_t)n, 0) == n ? 0 : -errno;
+	ret = (int)snprintf(cur, sizeof(cur), "%u\n", ratio);
+	n = pwrite(fd, cur, (size_t)ret, 0);
+	ret = n == ret ? 0 : n < 0 ? -errno : -EIO;
 	close(fd);
 	return ret;
 }
