@@ -759,25 +759,34 @@ static void test_gc_frees(void **state)
 	assert_int_equal(freed, 0);
 }
 
+/* Store @n text blocks (seeds @seed...), then drop their only reference:
+ * @n entries in the GC queue, hashes in @hashes. */
+static void queue_blocks(struct kv *kv, int n, uint64_t seed,
+			 uint8_t (*hashes)[BFS_HASH_SIZE])
+{
+	uint8_t block[BFS_BLOCK_SIZE];
+	struct kv_batch *b = kv_batch_new();
+
+	for (int i = 0; i < n; i++) {
+		fill_text(block, seed + (uint64_t)i);
+		assert_int_equal(kv_block_ref(kv, b, block, hashes[i]), 0);
+	}
+	assert_int_equal(kv_commit(kv, b), 0);
+	for (int i = 0; i < n; i++)
+		kv_block_unref(kv, b, hashes[i]);
+	assert_int_equal(kv_commit(kv, b), 0);
+	kv_batch_free(b);
+}
+
 static void test_gc_max(void **state)
 {
 	struct env *e = *state;
 	enum { N = 600 };
 	static uint8_t hashes[N][BFS_HASH_SIZE];
-	uint8_t block[BFS_BLOCK_SIZE];
-	struct kv_batch *b = kv_batch_new();
 	struct kv_stats st;
 	size_t freed;
 
-	for (int i = 0; i < N; i++) {
-		fill_text(block, 1000 + (uint64_t)i);
-		assert_int_equal(kv_block_ref(e->kv, b, block, hashes[i]), 0);
-	}
-	assert_int_equal(kv_commit(e->kv, b), 0);
-	for (int i = 0; i < N; i++)
-		kv_block_unref(e->kv, b, hashes[i]);
-	assert_int_equal(kv_commit(e->kv, b), 0);
-
+	queue_blocks(e->kv, N, 1000, hashes);
 	assert_int_equal(kv_gc(e->kv, 100, &freed), 0);
 	assert_int_equal(freed, 100);
 	assert_int_equal(kv_stats(e->kv, &st), 0);
@@ -787,7 +796,6 @@ static void test_gc_max(void **state)
 	assert_int_equal(kv_stats(e->kv, &st), 0);
 	assert_int_equal(st.gc_pending, 0);
 	assert_int_equal(st.blocks, 0);
-	kv_batch_free(b);
 }
 
 /* Drop one reference to @hash and queue it for GC the way snap/check.c's
@@ -816,7 +824,6 @@ static void test_gc_if_queued(void **state)
 	static uint8_t hashes[N][BFS_HASH_SIZE];
 	uint8_t blk[BFS_BLOCK_SIZE], out[BFS_BLOCK_SIZE];
 	uint8_t h1[BFS_HASH_SIZE], h2[BFS_HASH_SIZE], h3[BFS_HASH_SIZE];
-	struct kv_batch *b;
 	struct kv_stats st;
 	size_t freed = 99;
 
@@ -850,16 +857,7 @@ static void test_gc_if_queued(void **state)
 	assert_int_equal(freed, 0);
 
 	/* A pass cut short by @max is not complete: the next one walks on. */
-	b = kv_batch_new();
-	for (int i = 0; i < N; i++) {
-		fill_text(blk, 2000 + (uint64_t)i);
-		assert_int_equal(kv_block_ref(e->kv, b, blk, hashes[i]), 0);
-	}
-	assert_int_equal(kv_commit(e->kv, b), 0);
-	for (int i = 0; i < N; i++)
-		kv_block_unref(e->kv, b, hashes[i]);
-	assert_int_equal(kv_commit(e->kv, b), 0);
-	kv_batch_free(b);
+	queue_blocks(e->kv, N, 2000, hashes);
 	for (int done = 0; done < N; done += 256) {
 		assert_int_equal(kv_gc_if_queued(e->kv, 256, &freed), 0);
 		assert_int_equal(freed, N - done < 256 ? N - done : 256);
@@ -1460,28 +1458,24 @@ static void *gc_writer_main(void *p)
 	return NULL;
 }
 
-/* Two collectors: passes overlap (each lists entries before it locks),
- * one of them the periodic kind that may skip. */
+/* Two collectors, so that passes overlap (each lists entries before it
+ * locks): kv_gc, and the periodic kind that may skip (kv_gc_if_queued). */
+struct gc_collector {
+	struct gc_shared *sh;
+	bool periodic;
+};
+
 static void *gc_main(void *p)
 {
-	struct gc_shared *sh = p;
+	struct gc_collector *c = p;
+	struct gc_shared *sh = c->sh;
 	size_t freed;
 
 	while (!atomic_load(&sh->stop)) {
-		if (kv_gc(sh->kv, 0, &freed))
-			atomic_fetch_add(&sh->failures, 1);
-		atomic_fetch_add(&sh->freed, freed);
-	}
-	return NULL;
-}
+		int ret = c->periodic ? kv_gc_if_queued(sh->kv, 300, &freed)
+				      : kv_gc(sh->kv, 0, &freed);
 
-static void *gc_periodic_main(void *p)
-{
-	struct gc_shared *sh = p;
-	size_t freed;
-
-	while (!atomic_load(&sh->stop)) {
-		if (kv_gc_if_queued(sh->kv, 300, &freed))
+		if (ret)
 			atomic_fetch_add(&sh->failures, 1);
 		atomic_fetch_add(&sh->freed, freed);
 	}
@@ -1493,6 +1487,7 @@ static void test_gc_concurrent(void **state)
 	struct env *e = *state;
 	static struct gc_shared sh;
 	struct gc_writer w[GC_WRITERS];
+	struct gc_collector c1 = { &sh, false }, c2 = { &sh, true };
 	pthread_t wt[GC_WRITERS], gt, gt2;
 	uint8_t out[BFS_BLOCK_SIZE];
 	struct kv_stats st;
@@ -1507,8 +1502,8 @@ static void test_gc_concurrent(void **state)
 			fill_text(sh.data[k], 60 + (uint64_t)k);
 		kv_block_hash(sh.data[k], sh.hash[k]);
 	}
-	assert_int_equal(pthread_create(&gt, NULL, gc_main, &sh), 0);
-	assert_int_equal(pthread_create(&gt2, NULL, gc_periodic_main, &sh), 0);
+	assert_int_equal(pthread_create(&gt, NULL, gc_main, &c1), 0);
+	assert_int_equal(pthread_create(&gt2, NULL, gc_main, &c2), 0);
 	for (int i = 0; i < GC_WRITERS; i++) {
 		memset(&w[i], 0, sizeof(w[i]));
 		w[i].sh = &sh;
