@@ -55,9 +55,9 @@ struct fs_mount_info {
  */
 int fs_mount_find(const char *path, bool above, struct fs_mount_info *mi);
 
-/* Dirty-page limit of a --writeback mount: raise the max_ratio of the
- * backing device of the branchfs mount at @mountpoint to @ratio percent
- * (left alone if already as high).  0 or a negative errno. */
+/* Dirty-page limit of a --writeback mount: set the max_ratio of the
+ * backing device of the branchfs mount at @mountpoint (made with the mount,
+ * at the kernel's 1%) to @ratio percent.  0 or a negative errno. */
 #define FS_WRITEBACK_DIRTY_RATIO 10u
 int fs_bdi_raise(const char *mountpoint, unsigned ratio);
 

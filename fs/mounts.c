@@ -109,29 +109,23 @@ int fs_mount_find(const char *path, bool above, struct fs_mount_info *mi)
 int fs_bdi_raise(const char *mountpoint, unsigned ratio)
 {
 	struct fs_mount_info mi;
-	char path[96], cur[32];
+	char path[96], val[16];
 	ssize_t n;
-	int fd, ret;
+	int fd, ret, len;
 
 	ret = fs_mount_find(mountpoint, false, &mi);
 	if (ret <= 0)
 		return ret < 0 ? ret : -ENOENT;
 	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/max_ratio",
 		 mi.dev_major, mi.dev_minor);
-	fd = open(path, O_RDWR | O_CLOEXEC);
+	/* the device is the mount's own, made by this mount at the
+	 * kernel's default: nothing to compare with */
+	fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	n = read(fd, cur, sizeof(cur) - 1);
-	if (n > 0) {
-		cur[n] = '\0';
-		if (strtoul(cur, NULL, 10) >= ratio) { /* raised already */
-			close(fd);
-			return 0;
-		}
-	}
-	ret = (int)snprintf(cur, sizeof(cur), "%u\n", ratio);
-	n = pwrite(fd, cur, (size_t)ret, 0);
-	ret = n == ret ? 0 : n < 0 ? -errno : -EIO;
+	len = snprintf(val, sizeof(val), "%u\n", ratio);
+	n = write(fd, val, (size_t)len);
+	ret = n == len ? 0 : n < 0 ? -errno : -EIO;
 	close(fd);
 	return ret;
 }

@@ -395,7 +395,7 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 		   size_t *freed)
 {
 	static const uint8_t qend[1] = { BFS_PFX_GCQ + 1 };
-	uint8_t hashes[KV_GC_BATCH][BFS_HASH_SIZE];
+	uint8_t keys[KV_GC_BATCH][1 + BFS_HASH_SIZE]; /* 'Q' | hash */
 	char hex[2 * BFS_HASH_SIZE + 1];
 	struct kv_iter *it;
 	size_t n = 0, nq = 0, nfreed = 0;
@@ -418,7 +418,7 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 			kv_batch_delete(b, KV_CF_SYS, key, klen);
 			continue;
 		}
-		memcpy(hashes[nq++], key + 1, BFS_HASH_SIZE);
+		memcpy(keys[nq++], key, klen);
 		memcpy(start, key, klen);
 		start[klen] = 0; /* resume just after this key */
 		*start_len = klen + 1;
@@ -428,8 +428,7 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 
 	pthread_rwlock_wrlock(&kv->block_lock);
 	for (size_t i = 0; i < nq && !ret; i++) {
-		const uint8_t *hash = hashes[i];
-		uint8_t qkey[1 + BFS_HASH_SIZE];
+		const uint8_t *hash = keys[i] + 1;
 		int64_t count;
 		uint32_t len;
 		bool found;
@@ -448,9 +447,7 @@ static int gc_step(struct kv *kv, struct kv_batch *b, uint8_t *start,
 			if (found)
 				nfreed++;
 		}
-		qkey[0] = BFS_PFX_GCQ;
-		memcpy(qkey + 1, hash, BFS_HASH_SIZE);
-		kv_batch_delete(b, KV_CF_SYS, qkey, sizeof(qkey));
+		kv_batch_delete(b, KV_CF_SYS, keys[i], sizeof(keys[i]));
 	}
 	/* Commit even after a read error: what was decided is valid. */
 	ret2 = kv_batch_count(b) ? kv_commit(kv, b) : 0;
