@@ -977,18 +977,22 @@ uint64_t kv_thread_ticket(struct kv *kv)
  * RocksDB checks each file just before syncing it): that aborts, losing
  * nothing acknowledged as durable.
  */
+static void wal_sync_write(struct kv *kv, char **err)
+{
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+
+	rocksdb_write(kv->db, kv->wopts_sync, wb, err);
+	rocksdb_writebatch_destroy(wb);
+}
+
 static void wal_sync(struct kv *kv, char **err)
 {
 	uint64_t avail = 0;
-	rocksdb_writebatch_t *wb;
 
-	if (disk_avail(kv->dbdir, &avail) == 0 && avail >= kv->wal_low_room) {
+	if (disk_avail(kv->dbdir, &avail) == 0 && avail >= kv->wal_low_room)
 		rocksdb_flush_wal(kv->db, 1, err);
-		return;
-	}
-	wb = rocksdb_writebatch_create();
-	rocksdb_write(kv->db, kv->wopts_sync, wb, err);
-	rocksdb_writebatch_destroy(wb);
+	else
+		wal_sync_write(kv, err);
 }
 
 /*
@@ -1005,7 +1009,7 @@ int kv_sync(struct kv *kv)
 
 int kv_sync_to(struct kv *kv, uint64_t upto)
 {
-	uint64_t ticket, target, gen;
+	uint64_t ticket, target, gen, seen;
 	char *err = NULL;
 	int ret;
 
@@ -1040,18 +1044,31 @@ int kv_sync_to(struct kv *kv, uint64_t upto)
 		 * a write or sync may have failed while this caller waited,
 		 * and the WAL must not be synced then (wal_err).  A caller
 		 * whose commits were all synced before gets 0: they are
-		 * durable. */
-		ret = wal_err_get(kv);
-		if (ret)
+		 * durable.  After a full disk, sync through a write: RocksDB
+		 * refuses it until its recovery has flushed the memtables
+		 * (nothing then depends on the WAL that failed) and takes it
+		 * after, as it takes a commit, which clears wal_err the same
+		 * way.  Without it a store that no one writes to any more
+		 * (a gc with nothing left to free) stayed at ENOSPC for
+		 * good once space was back. */
+		seen = atomic_load(&kv->wal_err);
+		ret = -(int)(uint32_t)seen;
+		if (ret && ret != -ENOSPC)
 			break;
 		target = atomic_load(&kv->committed);
 		kv->syncing = true;
 		kv->sync_target = target;
 		pthread_mutex_unlock(&kv->sync_lock);
 
-		wal_sync(kv, &err);
+		if (ret)
+			wal_sync_write(kv, &err);
+		else
+			wal_sync(kv, &err);
 		atomic_fetch_add(&kv->nsyncs, 1);
-		if (err) {
+		if (!err && ret) {
+			wal_err_clear(kv, seen);
+			ret = 0;
+		} else if (err) {
 			ret = kv_rocks_errno("sync", err);
 			/* After a failed fsync the kernel may have dropped the
 			 * pages it could not write: a later sync that succeeds

@@ -362,7 +362,10 @@ static void reply_err(struct out *o, int ret, const char *what,
  * Deleting and collecting are how space comes back, so on a full disk
  * (-ENOSPC) they may spend the store's reserve and wait for RocksDB to
  * recover from the full disk (it checks the free space every 5 s): true
- * while the caller should try again.
+ * while the caller should try again.  Without a reserve to spend (an
+ * earlier command spent it) they wait too when the disk has the room a
+ * reserve would have made: someone freed space, and RocksDB refuses writes
+ * until its next check.
  */
 #define FULL_DISK_WAIT_S 30
 static bool full_disk_retry(struct snap *s, int ret, int *tries)
@@ -370,8 +373,9 @@ static bool full_disk_retry(struct snap *s, int ret, int *tries)
 	if (ret != -ENOSPC || *tries >= FULL_DISK_WAIT_S)
 		return false;
 	if (*tries == 0 &&
-	    !snap_reserve_release(s, "disk full, for a deletion or gc"))
-		return false; /* no reserve: nothing to wait for */
+	    !snap_reserve_release(s, "disk full, for a deletion or gc") &&
+	    snap_disk_below(s, SNAP_RESERVE_BYTES))
+		return false; /* no reserve, no room: nothing to wait for */
 	(*tries)++;
 	sleep(1);
 	return true;
@@ -485,7 +489,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		 * compacts the files holding them: do it now, with the
 		 * reserve's room if the disk is nearly full. */
 		if (ret == 0) {
-			if (snap_disk_low(s))
+			if (snap_disk_below(s, SNAP_DISK_LOW))
 				snap_reserve_release(s, "disk nearly full, for gc");
 			ret = snap_compact(s);
 			snap_reserve_take(s);

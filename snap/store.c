@@ -509,12 +509,12 @@ bool snap_reserve_release(struct snap *s, const char *why)
 	return had;
 }
 
-bool snap_disk_low(struct snap *s)
+bool snap_disk_below(struct snap *s, uint64_t bytes)
 {
 	struct statvfs sv;
 
 	return statvfs(s->root, &sv) == 0 &&
-	       (uint64_t)sv.f_bavail * sv.f_frsize < 4 * SNAP_RESERVE_BYTES;
+	       (uint64_t)sv.f_bavail * sv.f_frsize < bytes;
 }
 
 void snap_reserve_take(struct snap *s)
@@ -526,7 +526,7 @@ void snap_reserve_take(struct snap *s)
 	if (!p)
 		return;
 	/* Only with room to spare: never be what fills the disk. */
-	if (stat(p, &st) == 0 || snap_disk_low(s))
+	if (stat(p, &st) == 0 || snap_disk_below(s, SNAP_DISK_LOW))
 		goto out;
 	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
