@@ -880,8 +880,9 @@ static void wal_err_set(struct kv *kv, int err)
 	while (!atomic_compare_exchange_weak(&kv->wal_err, &old, new));
 }
 
-/* A commit that read @seen before it started succeeded: clear the error if
- * no failure was recorded since. */
+/* A write (a commit, or kv_sync's write after a full disk) that read @seen
+ * before it started succeeded: clear the error if no failure was recorded
+ * since. */
 static void wal_err_clear(struct kv *kv, uint64_t seen)
 {
 	if ((uint32_t)seen)
@@ -1053,7 +1054,9 @@ int kv_sync_to(struct kv *kv, uint64_t upto)
 		 * good once space was back. */
 		seen = atomic_load(&kv->wal_err);
 		ret = -(int)(uint32_t)seen;
-		if (ret && ret != -ENOSPC)
+		/* (poisoned: an fsync failed too, and a later write that
+		 * met the full disk recorded its ENOSPC over that EIO) */
+		if (ret && (ret != -ENOSPC || atomic_load(&kv->poisoned)))
 			break;
 		target = atomic_load(&kv->committed);
 		kv->syncing = true;

@@ -122,7 +122,9 @@ int kv_commit(struct kv *kv, struct kv_batch *b);
  * Make everything committed before this call durable (WAL fsynced).
  * Concurrent callers are grouped: one fsync serves all that arrived while
  * it was pending.  Returns 0 or -EIO/-ENOSPC; after a write or sync that
- * RocksDB failed, that error at once until a commit succeeds again.
+ * RocksDB failed, that error at once until a commit succeeds again, except
+ * after a full disk: then the sync goes through a write, which RocksDB
+ * refuses until it has recovered and takes after (clearing the error).
  */
 int kv_sync(struct kv *kv);
 /*

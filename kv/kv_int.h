@@ -67,11 +67,12 @@ struct kv {
 	 * Meanwhile the WAL writer may hold the error, and syncing it trips an
 	 * assertion in RocksDB 7.8 (fixed upstream in PR 12448): kv_sync()
 	 * returns this instead (and, on a low disk, syncs through a write,
-	 * which RocksDB orders after the failed one and refuses: wal_sync).
-	 * Kept as (generation << 32 | (uint32_t)-errno)
-	 * so that a commit that raced with the failure (it started before and
-	 * succeeded) cannot clear it: only a commit that began after the
-	 * latest failure does (wal_err_clear). */
+	 * which RocksDB orders after the failed one and refuses: wal_sync);
+	 * for -ENOSPC it syncs through such a write, whose success clears it
+	 * like a commit's.  Kept as (generation << 32 | (uint32_t)-errno)
+	 * so that a write that raced with the failure (it started before and
+	 * succeeded) cannot clear it: only a commit or sync write that began
+	 * after the latest failure does (wal_err_clear). */
 	atomic_uint_least64_t wal_err;
 
 	/*

@@ -374,7 +374,7 @@ static bool full_disk_retry(struct snap *s, int ret, int *tries)
 		return false;
 	if (*tries == 0 &&
 	    !snap_reserve_release(s, "disk full, for a deletion or gc") &&
-	    snap_disk_below(s, SNAP_RESERVE_BYTES))
+	    !snap_disk_has(s, SNAP_RESERVE_BYTES))
 		return false; /* no reserve, no room: nothing to wait for */
 	(*tries)++;
 	sleep(1);
@@ -383,11 +383,14 @@ static bool full_disk_retry(struct snap *s, int ret, int *tries)
 
 /* A delete that failed with ENOSPC only in its final sync is already
  * published: the retry then finds nothing to delete.  That is success once
- * a sync makes it durable. */
-static int deleted_before_retry(struct snap *s, int ret, int tries)
+ * a sync makes it durable, which may wait for RocksDB's recovery too. */
+static int deleted_before_retry(struct snap *s, int ret, int *tries)
 {
-	if (ret == -ENOENT && tries > 0)
-		return snap_sync(s);
+	if (ret != -ENOENT || *tries == 0)
+		return ret;
+	do
+		ret = snap_sync(s);
+	while (full_disk_retry(s, ret, tries));
 	return ret;
 }
 
@@ -421,7 +424,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		do
 			ret = snap_snapshot_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
-		ret = deleted_before_retry(s, ret, tries);
+		ret = deleted_before_retry(s, ret, &tries);
 		if (ret < 0)
 			reply_err(&o, ret, "snapshot", argv[1]);
 	} else if (!strcmp(cmd, "branch-create") && (argc == 2 || argc == 3)) {
@@ -443,7 +446,7 @@ int snap_command(struct snap *s, int argc, char **argv, char **reply)
 		do
 			ret = snap_branch_delete(s, argv[1], force);
 		while (full_disk_retry(s, ret, &tries) || busy_retry(ret, t0));
-		ret = deleted_before_retry(s, ret, tries);
+		ret = deleted_before_retry(s, ret, &tries);
 		if (ret < 0)
 			reply_err(&o, ret, "branch", argv[1]);
 	} else if (!strcmp(cmd, "branch-reset") && argc >= 2) {

@@ -144,9 +144,11 @@ void snap_reserve_take(struct snap *s);
  * snap_open() for writing fails -ENOSPC, unless SNAP_OPEN_USE_RESERVE and
  * giving up the reserve makes the room. */
 int snap_open_room(const char *path, uint64_t *need, uint64_t *avail);
-/* Less than @bytes available (f_bavail) on the store's filesystem
- * (false when statvfs fails).  "Low" is under 4 x SNAP_RESERVE_BYTES. */
+/* Less than @bytes available (f_bavail) on the store's filesystem, and at
+ * least that many; both false when statvfs fails.  "Low" is under
+ * SNAP_DISK_LOW. */
 bool snap_disk_below(struct snap *s, uint64_t bytes);
+bool snap_disk_has(struct snap *s, uint64_t bytes);
 #define SNAP_DISK_LOW (4 * SNAP_RESERVE_BYTES)
 
 struct snap_statfs {

@@ -509,12 +509,28 @@ bool snap_reserve_release(struct snap *s, const char *why)
 	return had;
 }
 
-bool snap_disk_below(struct snap *s, uint64_t bytes)
+static int disk_avail(struct snap *s, uint64_t *avail)
 {
 	struct statvfs sv;
 
-	return statvfs(s->root, &sv) == 0 &&
-	       (uint64_t)sv.f_bavail * sv.f_frsize < bytes;
+	if (statvfs(s->root, &sv) < 0)
+		return -errno;
+	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	return 0;
+}
+
+bool snap_disk_below(struct snap *s, uint64_t bytes)
+{
+	uint64_t avail = 0;
+
+	return disk_avail(s, &avail) == 0 && avail < bytes;
+}
+
+bool snap_disk_has(struct snap *s, uint64_t bytes)
+{
+	uint64_t avail = 0;
+
+	return disk_avail(s, &avail) == 0 && avail >= bytes;
 }
 
 void snap_reserve_take(struct snap *s)

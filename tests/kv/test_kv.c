@@ -1249,6 +1249,14 @@ static void test_sync_after_wal_error(void **state)
 	put(e->kv, KV_CF_META, "w4", "4");
 	assert_int_equal(kv_sync(e->kv), 0);
 	assert_int_equal(kv_sync_count(e->kv), syncs + 3);
+	/* but not after an fsync failed (poisoned) and a full disk's error
+	 * was recorded over it: refused, WAL left alone */
+	put(e->kv, KV_CF_META, "w5", "5");
+	atomic_store(&e->kv->poisoned, true);
+	gen = atomic_load(&e->kv->wal_err) >> 32;
+	atomic_store(&e->kv->wal_err, (gen + 1) << 32 | ENOSPC);
+	assert_int_equal(kv_sync(e->kv), -ENOSPC);
+	assert_int_equal(kv_sync_count(e->kv), syncs + 3);
 }
 
 /*
@@ -1301,6 +1309,13 @@ static void test_sync_after_failed_append(void **state)
 	signal(SIGXFSZ, oldsig);
 	assert_true(gen & 0xffffffffu); /* the append failed, wal_err set */
 	assert_true(ret < 0); /* "before" is not known durable */
+	/* Had the append met a full disk (ENOSPC, not poisoned), the next
+	 * sync goes through a write: RocksDB, stopped by the failed append
+	 * until it recovers, refuses it without touching that WAL. */
+	atomic_store(&e->kv->poisoned, false);
+	gen = atomic_load(&e->kv->wal_err);
+	atomic_store(&e->kv->wal_err, ((gen >> 32) + 1) << 32 | ENOSPC);
+	assert_true(kv_sync(e->kv) < 0);
 
 	kv_close(e->kv);
 	assert_int_equal(kv_open(e->db, 0, &e->kv), 0);
