@@ -958,6 +958,17 @@ uint64_t kv_thread_ticket(struct kv *kv)
 	return tl_kv == kv ? tl_ticket : atomic_load(&kv->committed);
 }
 
+/* Sync every live WAL file through an empty write with sync on, from
+ * RocksDB's write queue: after a failed write, RocksDB refuses it with that
+ * write's error until it has recovered. */
+static void wal_sync_write(struct kv *kv, char **err)
+{
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+
+	rocksdb_write(kv->db, kv->wopts_sync, wb, err);
+	rocksdb_writebatch_destroy(wb);
+}
+
 /*
  * Make every commit so far durable.  Normally rocksdb_flush_wal(sync),
  * which fsyncs the live WAL files while later commits go on appending.
@@ -978,14 +989,6 @@ uint64_t kv_thread_ticket(struct kv *kv)
  * RocksDB checks each file just before syncing it): that aborts, losing
  * nothing acknowledged as durable.
  */
-static void wal_sync_write(struct kv *kv, char **err)
-{
-	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
-
-	rocksdb_write(kv->db, kv->wopts_sync, wb, err);
-	rocksdb_writebatch_destroy(wb);
-}
-
 static void wal_sync(struct kv *kv, char **err)
 {
 	uint64_t avail = 0;
